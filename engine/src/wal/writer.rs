@@ -263,9 +263,19 @@ impl<I: WalIo> Writer<I> {
         out[len..].fill(0);
 
         let path = || self.segments.back().map(|s| s.path.display().to_string()).unwrap_or_default();
-        self.file.write_at(buf, self.pos).await.map_err(|e| WalError::io(format!("writing {}", path()), e))?;
         let t = Instant::now();
-        self.file.fdatasync().await.map_err(|e| WalError::io(format!("syncing {}", path()), e))?;
+        let res = match self.file.write_at(buf, self.pos).await {
+            Ok(()) => self.file.fdatasync().await.map_err(|e| WalError::io(format!("syncing {}", path()), e)),
+            Err(e) => Err(WalError::io(format!("writing {}", path()), e)),
+        };
+        if let Err(e) = res {
+            for item in items {
+                if let Some(done) = item.done {
+                    done(Err(e.clone()));
+                }
+            }
+            return Err(e);
+        }
         let took = t.elapsed();
         if took > self.inner.opts.slow_sync {
             tracing::warn!(took = ?took, expected_duration = ?self.inner.opts.slow_sync, "slow fdatasync");
