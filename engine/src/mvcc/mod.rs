@@ -1,0 +1,1 @@
+//! etcd's multi-version key-value model (being built).
