@@ -1,0 +1,245 @@
+//! Encodings of the two per-key trees (docs/mvcc.md):
+//! - `Tree::KeyIndex`: user key -> [`HeadEntry`], the latest state of every
+//!   *live* key (a delete removes the entry), so head reads never walk history.
+//! - `Tree::KeyHistory`: `esc(user key) 00 01 | main | sub` -> kind byte, one
+//!   entry per change, so "the version of k at revision r" is one reverse seek.
+//! - `Tree::Kv`: revision -> [`Record`] (etcd's `key` bucket), the only place
+//!   values are stored.
+
+use super::error::{MvccError, MvccResult};
+use super::revision::{be_i64, le_i64, Revision, REV_BYTES_LEN};
+use super::types::KeyValue;
+
+/// Length of an encoded [`HeadEntry`].
+pub const HEAD_ENTRY_LEN: usize = 40;
+
+/// The latest state of a live key (all little-endian i64):
+/// `mod.main | mod.sub | create_revision | version | lease`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HeadEntry {
+    pub modified: Revision,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+}
+
+impl HeadEntry {
+    pub fn to_bytes(&self) -> [u8; HEAD_ENTRY_LEN] {
+        let mut b = [0u8; HEAD_ENTRY_LEN];
+        b[0..8].copy_from_slice(&self.modified.main.to_le_bytes());
+        b[8..16].copy_from_slice(&self.modified.sub.to_le_bytes());
+        b[16..24].copy_from_slice(&self.create_revision.to_le_bytes());
+        b[24..32].copy_from_slice(&self.version.to_le_bytes());
+        b[32..40].copy_from_slice(&self.lease.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> MvccResult<Self> {
+        if b.len() != HEAD_ENTRY_LEN {
+            return Err(MvccError::corrupt(format!("key index entry of {} bytes", b.len())));
+        }
+        Ok(HeadEntry {
+            modified: Revision::new(le_i64(&b[0..8]), le_i64(&b[8..16])),
+            create_revision: le_i64(&b[16..24]),
+            version: le_i64(&b[24..32]),
+            lease: le_i64(&b[32..40]),
+        })
+    }
+}
+
+/// Length of the `00 01 | main | sub` tail of a history key.
+pub const REV_TAIL: usize = 2 + REV_BYTES_LEN;
+
+/// Kind byte of a `Tree::KeyHistory` value and first byte of a [`Record`].
+pub const KIND_PUT: u8 = 0;
+pub const KIND_TOMBSTONE: u8 = 1;
+
+/// Escapes `key` so that byte order of `esc(a) 00 01 ..` equals byte order
+/// of `a`: 00 -> 00 FF, terminated by 00 01 (which sorts below 00 FF and
+/// below every non-zero byte, so a prefix sorts first).
+pub fn escape_key(key: &[u8], out: &mut Vec<u8>) {
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+}
+
+/// `esc(key) 00 01`: the prefix every history entry of `key` starts with.
+pub fn history_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2 + REV_BYTES_LEN);
+    escape_key(key, &mut out);
+    out.extend_from_slice(&[0x00, 0x01]);
+    out
+}
+
+/// `esc(key) 00 01 | main (8 BE) | sub (8 BE)`.
+pub fn history_key(key: &[u8], rev: Revision) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    out.extend_from_slice(&rev.to_bytes());
+    out
+}
+
+/// A bound below every history key of user keys >= `key` and above every
+/// history key of user keys < `key`.
+pub fn history_lower(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 2);
+    escape_key(key, &mut out);
+    out
+}
+
+/// `esc(key) 00 02`: above every history key of `key`, below every history
+/// key of any user key > `key`.
+pub fn history_after(key: &[u8]) -> Vec<u8> {
+    let mut out = history_prefix(key);
+    if let Some(last) = out.last_mut() {
+        *last = 0x02;
+    }
+    out
+}
+
+/// Splits a history key into user key and revision.
+pub fn decode_history_key(b: &[u8]) -> MvccResult<(Vec<u8>, Revision)> {
+    if b.len() < 2 + REV_BYTES_LEN {
+        return Err(MvccError::corrupt("short key history entry"));
+    }
+    let (esc, rev) = b.split_at(b.len() - REV_BYTES_LEN);
+    let rev = Revision::from_bytes(rev)?;
+    let esc = &esc[..esc.len() - 2];
+    let mut key = Vec::with_capacity(esc.len());
+    let mut i = 0;
+    while i < esc.len() {
+        key.push(esc[i]);
+        if esc[i] == 0 {
+            if esc.get(i + 1) != Some(&0xFF) {
+                return Err(MvccError::corrupt("bad escape in key history entry"));
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    Ok((key, rev))
+}
+
+/// Length of the fixed part of a [`Record`].
+pub const RECORD_HEADER_LEN: usize = 29;
+
+/// A `Tree::Kv` value: one change. Layout (little-endian):
+/// `kind u8 | create_revision i64 | version i64 | lease i64 | key_len u32 | key | value`.
+/// `mod_revision` is the `Tree::Kv` key's main. A tombstone has kind 1, zero
+/// create/version/lease and no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub tombstone: bool,
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(RECORD_HEADER_LEN + self.key.len() + self.value.len());
+        out.push(if self.tombstone { KIND_TOMBSTONE } else { KIND_PUT });
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.lease.to_le_bytes());
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(self.key);
+        out.extend_from_slice(self.value);
+    }
+
+    pub fn decode(b: &'a [u8]) -> MvccResult<Self> {
+        if b.len() < RECORD_HEADER_LEN {
+            return Err(MvccError::corrupt("short kv record"));
+        }
+        let tombstone = match b[0] {
+            KIND_PUT => false,
+            KIND_TOMBSTONE => true,
+            k => return Err(MvccError::corrupt(format!("kv record kind {k}"))),
+        };
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[25..29]);
+        let key_len = u32::from_le_bytes(len) as usize;
+        let rest = &b[RECORD_HEADER_LEN..];
+        if rest.len() < key_len {
+            return Err(MvccError::corrupt("kv record key beyond its end"));
+        }
+        let (key, value) = rest.split_at(key_len);
+        Ok(Record {
+            tombstone,
+            create_revision: le_i64(&b[1..9]),
+            version: le_i64(&b[9..17]),
+            lease: le_i64(&b[17..25]),
+            key,
+            value,
+        })
+    }
+
+    /// The client-visible key-value of a put record at `rev`.
+    pub fn to_key_value(&self, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: self.key.to_vec(),
+            create_revision: self.create_revision,
+            mod_revision: rev.main,
+            version: self.version,
+            value: self.value.to_vec(),
+            lease: self.lease,
+        }
+    }
+}
+
+/// Encodes a lease id so byte order is signed order: big-endian with the
+/// sign bit flipped.
+pub fn lease_id_bytes(id: i64) -> [u8; 8] {
+    ((id as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn lease_id_from_bytes(b: &[u8]) -> i64 {
+    (be_i64(b) as u64 ^ (1 << 63)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn history_keys_sort_like_user_keys(
+            a in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..6),
+            b in proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8), any::<u8>()], 0..6),
+            ra in (1i64..1000, 0i64..3), rb in (1i64..1000, 0i64..3),
+        ) {
+            let ka = history_key(&a, Revision::new(ra.0, ra.1));
+            let kb = history_key(&b, Revision::new(rb.0, rb.1));
+            let expect = (a.as_slice(), ra).cmp(&(b.as_slice(), rb));
+            prop_assert_eq!(ka.cmp(&kb), expect);
+            // Bounds.
+            prop_assert_eq!(ka.as_slice() < history_lower(&b).as_slice(), a < b);
+            prop_assert_eq!(ka.as_slice() < history_after(&b).as_slice(), a <= b);
+            prop_assert_eq!(decode_history_key(&ka).unwrap(), (a.clone(), Revision::new(ra.0, ra.1)));
+        }
+
+        #[test]
+        fn record_round_trip(key in proptest::collection::vec(any::<u8>(), 0..8),
+                             value in proptest::collection::vec(any::<u8>(), 0..8),
+                             c in any::<i64>(), v in any::<i64>(), l in any::<i64>(), t in any::<bool>()) {
+            let r = Record { tombstone: t, create_revision: c, version: v, lease: l, key: &key, value: &value };
+            let mut buf = Vec::new();
+            r.encode(&mut buf);
+            prop_assert_eq!(Record::decode(&buf).unwrap(), r);
+            for cut in 0..buf.len().min(RECORD_HEADER_LEN + key.len()) {
+                prop_assert!(Record::decode(&buf[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn lease_ids_sort_signed(a in any::<i64>(), b in any::<i64>()) {
+            prop_assert_eq!(lease_id_bytes(a).cmp(&lease_id_bytes(b)), a.cmp(&b));
+            prop_assert_eq!(lease_id_from_bytes(&lease_id_bytes(a)), a);
+        }
+    }
+}
