@@ -1,0 +1,362 @@
+//! The I/O seam: every byte the B-tree writes goes through [`PageIo`], every
+//! byte it reads comes from a [`PageMap`]. [`FileIo`] is the real backend
+//! (pwrite + fdatasync + memmap2); [`FaultIo`] keeps the file in memory,
+//! remembers what was made durable, injects I/O errors and produces the file
+//! a crash would leave behind.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::{Rng, SeedableRng};
+
+/// A read-only view of the first [`PageMap::len`] bytes of the file.
+///
+/// # Safety
+/// Implementors guarantee that `as_ptr()..as_ptr() + len()` stays mapped and
+/// readable for as long as the object lives, and that a later
+/// [`PageIo::write_at`] to a range below `len()` made through the backend that
+/// produced the newest map is visible through that map. The B-tree never
+/// writes a range while a reference into it is alive (see `docs/btree.md`,
+/// "Free-page reuse"), so shared slices into the map are never aliased by a
+/// write.
+pub unsafe trait PageMap: Send + Sync {
+    fn as_ptr(&self) -> *const u8;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The file operations the B-tree needs. Offsets and lengths are in bytes.
+pub trait PageIo: Send + Sync + 'static {
+    /// Current file length.
+    fn len(&self) -> io::Result<u64>;
+    /// Extends the file (zero-filled) to `len`; never shrinks it.
+    fn grow(&self, len: u64) -> io::Result<()>;
+    /// Writes `data` at `offset`; `offset + data.len()` never exceeds `len()`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: every earlier write and growth becomes durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Maps the whole current file. Earlier maps stay valid.
+    fn map(&self) -> io::Result<Arc<dyn PageMap>>;
+    /// Names the file in error messages.
+    fn describe(&self) -> String;
+}
+
+// ---- the real backend ----
+
+/// A store file on disk: `pwrite`, `fdatasync`, `mmap`. Holds an exclusive
+/// `flock` so a second process cannot write under our map.
+pub struct FileIo {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileIo {
+    /// Opens (creating if missing, with its parent directory) the file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<FileIo> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        // SAFETY: flock takes a valid open descriptor and no pointers.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("store file is locked by another process ({e})")));
+        }
+        Ok(FileIo { file, path })
+    }
+}
+
+struct Mmap(memmap2::Mmap);
+
+// SAFETY: a MAP_SHARED mapping of the file stays valid until dropped, and
+// pwrite through the same file updates the page cache it maps.
+unsafe impl PageMap for Mmap {
+    fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl PageIo for FileIo {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    fn grow(&self, len: u64) -> io::Result<()> {
+        if len > self.file.metadata()?.len() {
+            self.file.set_len(len)?;
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn map(&self) -> io::Result<Arc<dyn PageMap>> {
+        // SAFETY: the file is ours alone (exclusive flock); the B-tree only
+        // writes ranges that no live reference covers, and never shrinks
+        // the file, so the mapped range stays backed by the file.
+        let m = unsafe { memmap2::MmapOptions::new().map(&self.file)? };
+        Ok(Arc::new(Mmap(m)))
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+// ---- the fault-injecting backend ----
+
+/// A fixed-size heap buffer standing in for a mapping; written through raw
+/// pointers only, so no `&mut` ever aliases a reader's slice.
+struct MemBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is a plain heap allocation; concurrent access follows
+// the PageMap contract (writes never overlap live reads).
+unsafe impl Send for MemBuf {}
+unsafe impl Sync for MemBuf {}
+
+impl MemBuf {
+    fn new(contents: &[u8], len: usize) -> MemBuf {
+        let mut v = vec![0u8; len.max(1)];
+        let n = contents.len().min(len);
+        v[..n].copy_from_slice(&contents[..n]);
+        let b: Box<[u8]> = v.into_boxed_slice();
+        let ptr = Box::into_raw(b) as *mut u8;
+        MemBuf { ptr, len }
+    }
+    fn read(&self, off: usize, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        // SAFETY: bounds checked by the callers; no writer runs concurrently
+        // (the FaultIo mutex is held).
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), n) };
+        out
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        // SAFETY: bounds checked by the callers; the range is not borrowed by
+        // any reader (PageMap contract).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
+    }
+}
+
+impl Drop for MemBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from Box::into_raw of a boxed slice of len.max(1).
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len.max(1))));
+        }
+    }
+}
+
+// SAFETY: see MemBuf: valid until dropped, written in place by FaultIo.
+unsafe impl PageMap for MemBuf {
+    fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// What survives a simulated crash of unsynced writes.
+#[derive(Clone, Copy, Debug)]
+pub enum CrashMode {
+    /// Only what was `fdatasync`ed.
+    LoseUnsynced,
+    /// Every write reached the medium.
+    KeepUnsynced,
+    /// Each unsynced write independently survives, vanishes, or is torn (a
+    /// random subset of its 512-byte sectors lands), chosen by the seed.
+    Random(u64),
+}
+
+const SECTOR: usize = 512;
+
+struct FaultState {
+    buf: Arc<MemBuf>,
+    /// Bytes that survived the last `sync_data`.
+    durable: Vec<u8>,
+    /// Writes since the last `sync_data`, in order.
+    unsynced: Vec<(u64, Vec<u8>)>,
+    ops: u64,
+    fail_at: Option<u64>,
+}
+
+/// An in-memory file that remembers what was durable and can crash.
+pub struct FaultIo {
+    st: Mutex<FaultState>,
+}
+
+impl Default for FaultIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FaultIo {
+    /// An empty file.
+    pub fn new() -> FaultIo {
+        Self::from_image(Vec::new())
+    }
+
+    /// A file whose durable contents are `image`.
+    pub fn from_image(image: Vec<u8>) -> FaultIo {
+        let buf = Arc::new(MemBuf::new(&image, image.len()));
+        FaultIo { st: Mutex::new(FaultState { buf, durable: image, unsynced: Vec::new(), ops: 0, fail_at: None }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of mutating calls (`grow`, `write_at`, `sync_data`) so far.
+    pub fn ops(&self) -> u64 {
+        self.lock().ops
+    }
+
+    /// Makes every mutating call after the next `n` fail, as a dead disk or a
+    /// process killed mid-commit would; `None` heals the device.
+    pub fn fail_after(&self, n: Option<u64>) {
+        let mut st = self.lock();
+        st.fail_at = n.map(|n| st.ops + n);
+    }
+
+    /// The file a crash right now would leave behind.
+    pub fn crash(&self, mode: CrashMode) -> FaultIo {
+        let st = self.lock();
+        let mut img = st.durable.clone();
+        img.resize(st.buf.len, 0);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(match mode {
+            CrashMode::Random(s) => s,
+            _ => 0,
+        });
+        for (off, data) in &st.unsynced {
+            let off = *off as usize;
+            match mode {
+                CrashMode::LoseUnsynced => {}
+                CrashMode::KeepUnsynced => img[off..off + data.len()].copy_from_slice(data),
+                CrashMode::Random(_) => match rng.gen_range(0..3) {
+                    0 => {}
+                    1 => img[off..off + data.len()].copy_from_slice(data),
+                    _ => {
+                        for s in (0..data.len()).step_by(SECTOR) {
+                            if rng.gen_bool(0.5) {
+                                let e = (s + SECTOR).min(data.len());
+                                img[off + s..off + e].copy_from_slice(&data[s..e]);
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        FaultIo::from_image(img)
+    }
+
+    /// The current contents (what the process sees).
+    pub fn contents(&self) -> Vec<u8> {
+        let st = self.lock();
+        st.buf.read(0, st.buf.len)
+    }
+
+    /// Flips bits at `offset` in both the current and the durable contents,
+    /// as a damaged medium would. Call it only while no Db uses this file.
+    pub fn corrupt(&self, offset: u64, xor: u8) {
+        let st = &mut *self.lock();
+        let off = offset as usize;
+        if off < st.buf.len {
+            let b = st.buf.read(off, 1)[0] ^ xor;
+            st.buf.write(off, &[b]);
+        }
+        if let Some(b) = st.durable.get_mut(off) {
+            *b ^= xor;
+        }
+    }
+
+    fn step(st: &mut FaultState, what: &str) -> io::Result<()> {
+        st.ops += 1;
+        match st.fail_at {
+            Some(n) if st.ops > n => Err(io::Error::other(format!("injected I/O failure ({what})"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl PageIo for FaultIo {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.lock().buf.len as u64)
+    }
+    fn grow(&self, len: u64) -> io::Result<()> {
+        let st = &mut *self.lock();
+        Self::step(st, "grow")?;
+        let len = len as usize;
+        if len > st.buf.len {
+            // A new buffer, like a new mapping: earlier maps keep the old one.
+            let old = st.buf.read(0, st.buf.len);
+            st.buf = Arc::new(MemBuf::new(&old, len));
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let st = &mut *self.lock();
+        Self::step(st, "write")?;
+        let off = offset as usize;
+        if off.checked_add(data.len()).is_none_or(|e| e > st.buf.len) {
+            return Err(io::Error::other("write past the end of the file"));
+        }
+        st.buf.write(off, data);
+        st.unsynced.push((offset, data.to_vec()));
+        Ok(())
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        let st = &mut *self.lock();
+        Self::step(st, "fdatasync")?;
+        st.durable.resize(st.buf.len, 0);
+        for (off, data) in std::mem::take(&mut st.unsynced) {
+            let off = off as usize;
+            st.durable[off..off + data.len()].copy_from_slice(&data);
+        }
+        Ok(())
+    }
+    fn map(&self) -> io::Result<Arc<dyn PageMap>> {
+        Ok(self.lock().buf.clone())
+    }
+    fn describe(&self) -> String {
+        "in-memory fault-injection file".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_keeps_only_synced() {
+        let f = FaultIo::new();
+        f.grow(8192).unwrap();
+        f.write_at(0, &[1; 4096]).unwrap();
+        f.sync_data().unwrap();
+        f.write_at(4096, &[2; 4096]).unwrap();
+        let lost = f.crash(CrashMode::LoseUnsynced).contents();
+        assert_eq!(lost[0], 1);
+        assert_eq!(lost[4096], 0);
+        let kept = f.crash(CrashMode::KeepUnsynced).contents();
+        assert_eq!(kept[4096], 2);
+        f.fail_after(Some(0));
+        assert!(f.sync_data().is_err());
+    }
+}

@@ -1,0 +1,579 @@
+//! On-disk page formats: node pages (branch, leaf), overflow runs, freelist
+//! pages and meta pages. Pure encoding and decoding, no I/O. Byte tables:
+//! `docs/btree.md` ("On-disk format").
+//!
+//! Every decoder bounds-checks what it reads and returns
+//! [`StoreError::Corrupt`] naming the page: nothing here panics on arbitrary
+//! bytes. All integers on disk are little-endian and fixed-width.
+
+use std::fmt::Display;
+
+use crate::kv::{StoreError, StoreResult, Tree};
+
+/// Bytes per page. 4 KiB matches the page cache and the usual atomic-write
+/// unit of SSDs; the meta page records it so a mismatch is refused.
+pub const PAGE_SIZE: usize = 4096;
+pub(crate) const PS: u64 = PAGE_SIZE as u64;
+
+/// Common header of node, overflow and freelist pages:
+/// `crc u32 | kind u8 | reserved u8 | count u16 | page id u64 | txid u64`.
+pub(crate) const HEADER_LEN: usize = 24;
+
+pub(crate) const KIND_BRANCH: u8 = 1;
+pub(crate) const KIND_LEAF: u8 = 2;
+pub(crate) const KIND_OVERFLOW: u8 = 3;
+pub(crate) const KIND_FREELIST: u8 = 4;
+
+/// Keys longer than this live in an overflow run, so a branch cell is at most
+/// 1 + 514 + 8 bytes and a branch page always holds at least 7 of them.
+pub(crate) const MAX_INLINE_KEY: usize = 512;
+/// A leaf cell stays at most this long (longer values move to an overflow
+/// run), so a leaf page always holds at least 4 cells and a split of an
+/// overfull node always yields parts that fit.
+pub(crate) const MAX_LEAF_CELL: usize = 1000;
+
+/// Largest key accepted (etcd's default request limit is 1.5 MiB).
+pub const MAX_KEY_LEN: usize = 16 << 20;
+/// Largest value accepted; it is stored as one contiguous overflow run.
+pub const MAX_VALUE_LEN: usize = 512 << 20;
+
+/// Room for slots and cells in a node page (a branch also spends 8 of it on
+/// its first child).
+pub(crate) const NODE_CAP: usize = PAGE_SIZE - HEADER_LEN;
+
+/// Overflow run: header, then `npages u32 | len u32`, then the data.
+pub(crate) const OVF_DATA_OFF: usize = 32;
+/// Freelist page: header, then `next u64`, then `(start u64, len u64)` runs.
+pub(crate) const FREELIST_RUNS_OFF: usize = 32;
+pub(crate) const FREELIST_RUNS_PER_PAGE: usize = (PAGE_SIZE - FREELIST_RUNS_OFF) / 16;
+
+const FLAG_KEY_OVF: u8 = 1;
+const FLAG_VAL_OVF: u8 = 2;
+
+pub(crate) fn corrupt(page: u64, what: impl Display) -> StoreError {
+    StoreError::Corrupt(format!("page {page}: {what}"))
+}
+
+#[inline]
+pub(crate) fn rd_u16(d: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(d.get(off..off.checked_add(2)?)?.try_into().ok()?))
+}
+#[inline]
+pub(crate) fn rd_u32(d: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(off..off.checked_add(4)?)?.try_into().ok()?))
+}
+#[inline]
+pub(crate) fn rd_u64(d: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(d.get(off..off.checked_add(8)?)?.try_into().ok()?))
+}
+
+// ---- sizes (the encoder and the tree code must agree on these) ----
+
+#[inline]
+pub(crate) fn key_inline(klen: usize) -> bool {
+    klen <= MAX_INLINE_KEY
+}
+#[inline]
+fn key_part(klen: usize) -> usize {
+    if key_inline(klen) {
+        2 + klen
+    } else {
+        12
+    }
+}
+#[inline]
+pub(crate) fn value_inline(klen: usize, vlen: usize) -> bool {
+    1 + key_part(klen) + 2 + vlen <= MAX_LEAF_CELL
+}
+/// Bytes a leaf entry takes in a page, slot included.
+#[inline]
+pub(crate) fn leaf_entry_len(klen: usize, vlen: usize) -> usize {
+    let v = if value_inline(klen, vlen) { 2 + vlen } else { 12 };
+    2 + 1 + key_part(klen) + v
+}
+/// Bytes a branch key with its right child takes in a page, slot included.
+#[inline]
+pub(crate) fn branch_entry_len(klen: usize) -> usize {
+    2 + 1 + key_part(klen) + 8
+}
+/// Pages in the overflow run holding `len` bytes.
+#[inline]
+pub(crate) fn ovf_pages(len: usize) -> u64 {
+    (OVF_DATA_OFF + len).div_ceil(PAGE_SIZE) as u64
+}
+
+// ---- checksums ----
+
+/// Stores the crc of `buf[4..]` in `buf[0..4]`.
+pub(crate) fn seal(buf: &mut [u8]) {
+    let crc = crc32fast::hash(&buf[4..]);
+    buf[0..4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Checks the crc of a page (or overflow run) read from the file.
+pub(crate) fn verify_crc(id: u64, buf: &[u8]) -> StoreResult<()> {
+    let stored = rd_u32(buf, 0).ok_or_else(|| corrupt(id, "short page"))?;
+    let body = buf.get(4..).ok_or_else(|| corrupt(id, "short page"))?;
+    let actual = crc32fast::hash(body);
+    if stored != actual {
+        return Err(corrupt(
+            id,
+            format_args!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x}): torn or damaged page"),
+        ));
+    }
+    Ok(())
+}
+
+fn header(buf: &mut [u8], kind: u8, count: u16, id: u64, txid: u64) {
+    buf[4] = kind;
+    buf[5] = 0;
+    buf[6..8].copy_from_slice(&count.to_le_bytes());
+    buf[8..16].copy_from_slice(&id.to_le_bytes());
+    buf[16..24].copy_from_slice(&txid.to_le_bytes());
+}
+
+/// Checks kind and self-id of a page whose crc has been verified; returns the count.
+pub(crate) fn check_header(id: u64, buf: &[u8], kind: u8) -> StoreResult<u16> {
+    let k = *buf.get(4).ok_or_else(|| corrupt(id, "short page"))?;
+    if k != kind {
+        return Err(corrupt(id, format_args!("expected page kind {kind}, found {k}")));
+    }
+    let stored = rd_u64(buf, 8).ok_or_else(|| corrupt(id, "short page"))?;
+    if stored != id {
+        return Err(corrupt(id, format_args!("page header names page {stored} (misdirected write?)")));
+    }
+    rd_u16(buf, 6).ok_or_else(|| corrupt(id, "short page"))
+}
+
+// ---- node pages ----
+
+/// Where a key or value of a cell lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Ref {
+    /// `len` bytes at `off` within the node page.
+    Inline { off: usize, len: usize },
+    /// In the overflow run starting at `page`.
+    Ovf { page: u64, len: u32 },
+}
+
+impl Ref {
+    pub(crate) fn len(&self) -> usize {
+        match *self {
+            Ref::Inline { len, .. } => len,
+            Ref::Ovf { len, .. } => len as usize,
+        }
+    }
+}
+
+/// A key or value to encode.
+#[derive(Clone, Copy)]
+pub(crate) enum EncRef<'b> {
+    Inline(&'b [u8]),
+    Ovf { page: u64, len: u32 },
+}
+
+/// A decoded view of a verified branch or leaf page.
+///
+/// Layout: header; a branch then has `child0 u64`; then `count` u16 slots
+/// (cell offsets within the page, in key order); then the cells:
+/// `flags u8 | key | value` (leaf) or `flags u8 | key | child u64` (branch),
+/// where key/value is `len u16 | bytes` inline or `len u32 | first page u64`
+/// when the flag bit says overflow.
+#[derive(Clone, Copy)]
+pub(crate) struct NodePage<'a> {
+    pub id: u64,
+    pub data: &'a [u8],
+    pub leaf: bool,
+    pub count: usize,
+}
+
+impl<'a> NodePage<'a> {
+    /// Parses the header of a page whose checksum the caller verified.
+    pub(crate) fn parse(id: u64, data: &'a [u8]) -> StoreResult<Self> {
+        if data.len() != PAGE_SIZE {
+            return Err(corrupt(id, "short page"));
+        }
+        let kind = *data.get(4).ok_or_else(|| corrupt(id, "short page"))?;
+        let leaf = match kind {
+            KIND_LEAF => true,
+            KIND_BRANCH => false,
+            k => return Err(corrupt(id, format_args!("not a tree node (kind {k})"))),
+        };
+        let stored = rd_u64(data, 8).ok_or_else(|| corrupt(id, "short page"))?;
+        if stored != id {
+            return Err(corrupt(id, format_args!("page header names page {stored} (misdirected write?)")));
+        }
+        let count = rd_u16(data, 6).ok_or_else(|| corrupt(id, "short page"))? as usize;
+        let page = NodePage { id, data, leaf, count };
+        if page.slots_off() + 2 * count > PAGE_SIZE {
+            return Err(corrupt(id, format_args!("{count} cells do not fit in a page")));
+        }
+        Ok(page)
+    }
+
+    #[inline]
+    fn slots_off(&self) -> usize {
+        if self.leaf {
+            HEADER_LEN
+        } else {
+            HEADER_LEN + 8
+        }
+    }
+
+    #[inline]
+    fn cell(&self, i: usize) -> StoreResult<usize> {
+        if i >= self.count {
+            return Err(corrupt(self.id, format_args!("cell {i} out of range")));
+        }
+        let off = rd_u16(self.data, self.slots_off() + 2 * i)
+            .ok_or_else(|| corrupt(self.id, "slot out of bounds"))? as usize;
+        if off < self.slots_off() + 2 * self.count {
+            return Err(corrupt(self.id, format_args!("cell {i} overlaps the slot array")));
+        }
+        Ok(off)
+    }
+
+    /// Decodes a key or value part at `off`; returns it and the next offset.
+    #[inline]
+    fn part(&self, off: usize, ovf: bool) -> StoreResult<(Ref, usize)> {
+        let bad = || corrupt(self.id, "cell runs past the end of the page");
+        if ovf {
+            let len = rd_u32(self.data, off).ok_or_else(bad)?;
+            let page = rd_u64(self.data, off + 4).ok_or_else(bad)?;
+            Ok((Ref::Ovf { page, len }, off + 12))
+        } else {
+            let len = rd_u16(self.data, off).ok_or_else(bad)? as usize;
+            let start = off + 2;
+            if start + len > PAGE_SIZE {
+                return Err(bad());
+            }
+            Ok((Ref::Inline { off: start, len }, start + len))
+        }
+    }
+
+    /// Key `i` (leaf or branch) and the offset just after it.
+    #[inline]
+    fn key_at(&self, i: usize) -> StoreResult<(Ref, u8, usize)> {
+        let off = self.cell(i)?;
+        let flags = *self.data.get(off).ok_or_else(|| corrupt(self.id, "cell out of bounds"))?;
+        let (k, next) = self.part(off + 1, flags & FLAG_KEY_OVF != 0)?;
+        if key_inline(k.len()) != matches!(k, Ref::Inline { .. }) {
+            return Err(corrupt(self.id, format_args!("cell {i}: key of {} bytes stored the wrong way", k.len())));
+        }
+        Ok((k, flags, next))
+    }
+
+    #[inline]
+    pub(crate) fn key(&self, i: usize) -> StoreResult<Ref> {
+        Ok(self.key_at(i)?.0)
+    }
+
+    /// Key and value of leaf entry `i`.
+    pub(crate) fn leaf_entry(&self, i: usize) -> StoreResult<(Ref, Ref)> {
+        let (k, flags, next) = self.key_at(i)?;
+        let (v, _) = self.part(next, flags & FLAG_VAL_OVF != 0)?;
+        if value_inline(k.len(), v.len()) != matches!(v, Ref::Inline { .. }) {
+            return Err(corrupt(self.id, format_args!("cell {i}: value of {} bytes stored the wrong way", v.len())));
+        }
+        Ok((k, v))
+    }
+
+    /// Child `i` of a branch, `0..=count`.
+    pub(crate) fn child(&self, i: usize) -> StoreResult<u64> {
+        let bad = || corrupt(self.id, "child pointer out of bounds");
+        if i == 0 {
+            return rd_u64(self.data, HEADER_LEN).ok_or_else(bad);
+        }
+        let (_, _, next) = self.key_at(i - 1)?;
+        rd_u64(self.data, next).ok_or_else(bad)
+    }
+
+    /// The bytes of an inline part.
+    #[inline]
+    pub(crate) fn inline(&self, off: usize, len: usize) -> StoreResult<&'a [u8]> {
+        self.data
+            .get(off..off + len)
+            .ok_or_else(|| corrupt(self.id, "cell out of bounds"))
+    }
+}
+
+fn put_part(buf: &mut Vec<u8>, r: EncRef<'_>) {
+    match r {
+        EncRef::Inline(b) => {
+            buf.extend_from_slice(&(b.len() as u16).to_le_bytes());
+            buf.extend_from_slice(b);
+        }
+        EncRef::Ovf { page, len } => {
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&page.to_le_bytes());
+        }
+    }
+}
+
+fn flag(r: &EncRef<'_>, bit: u8) -> u8 {
+    if matches!(r, EncRef::Ovf { .. }) {
+        bit
+    } else {
+        0
+    }
+}
+
+fn finish_node(mut buf: Vec<u8>, slots_at: usize, slots: &[u16]) -> Vec<u8> {
+    assert!(buf.len() <= PAGE_SIZE, "node encoding overflowed its page: a sizing bug");
+    for (i, s) in slots.iter().enumerate() {
+        buf[slots_at + 2 * i..slots_at + 2 * i + 2].copy_from_slice(&s.to_le_bytes());
+    }
+    buf.resize(PAGE_SIZE, 0);
+    seal(&mut buf);
+    buf
+}
+
+/// Encodes a leaf page. The caller sized `entries` to fit (see [`leaf_entry_len`]).
+pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(PAGE_SIZE);
+    buf.resize(HEADER_LEN + 2 * entries.len(), 0);
+    header(&mut buf, KIND_LEAF, entries.len() as u16, id, txid);
+    let mut slots = Vec::with_capacity(entries.len());
+    for (k, v) in entries {
+        slots.push(buf.len() as u16);
+        buf.push(flag(k, FLAG_KEY_OVF) | flag(v, FLAG_VAL_OVF));
+        put_part(&mut buf, *k);
+        put_part(&mut buf, *v);
+    }
+    finish_node(buf, HEADER_LEN, &slots)
+}
+
+/// Encodes a branch page: `children.len() == keys.len() + 1`.
+pub(crate) fn encode_branch(id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
+    assert_eq!(children.len(), keys.len() + 1);
+    let mut buf = Vec::with_capacity(PAGE_SIZE);
+    buf.resize(HEADER_LEN + 8 + 2 * keys.len(), 0);
+    header(&mut buf, KIND_BRANCH, keys.len() as u16, id, txid);
+    buf[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&children[0].to_le_bytes());
+    let mut slots = Vec::with_capacity(keys.len());
+    for (k, c) in keys.iter().zip(&children[1..]) {
+        slots.push(buf.len() as u16);
+        buf.push(flag(k, FLAG_KEY_OVF));
+        put_part(&mut buf, *k);
+        buf.extend_from_slice(&c.to_le_bytes());
+    }
+    finish_node(buf, HEADER_LEN + 8, &slots)
+}
+
+// ---- overflow runs ----
+
+/// Encodes `data` as an overflow run starting at page `first`; the crc covers
+/// the whole run.
+pub(crate) fn encode_overflow(first: u64, txid: u64, data: &[u8]) -> Vec<u8> {
+    let npages = ovf_pages(data.len());
+    let mut buf = vec![0u8; npages as usize * PAGE_SIZE];
+    header(&mut buf, KIND_OVERFLOW, 0, first, txid);
+    buf[24..28].copy_from_slice(&(npages as u32).to_le_bytes());
+    buf[28..32].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    buf[OVF_DATA_OFF..OVF_DATA_OFF + data.len()].copy_from_slice(data);
+    seal(&mut buf);
+    buf
+}
+
+/// Reads the `npages | len` fields of an overflow run's first page.
+pub(crate) fn overflow_header(id: u64, first_page: &[u8]) -> StoreResult<(u64, u32)> {
+    let k = *first_page.get(4).ok_or_else(|| corrupt(id, "short page"))?;
+    if k != KIND_OVERFLOW {
+        return Err(corrupt(id, format_args!("expected an overflow page, found kind {k}")));
+    }
+    let n = rd_u32(first_page, 24).ok_or_else(|| corrupt(id, "short page"))?;
+    let len = rd_u32(first_page, 28).ok_or_else(|| corrupt(id, "short page"))?;
+    Ok((n as u64, len))
+}
+
+// ---- freelist pages ----
+
+pub(crate) fn encode_freelist(id: u64, txid: u64, next: u64, runs: &[(u64, u64)]) -> Vec<u8> {
+    assert!(runs.len() <= FREELIST_RUNS_PER_PAGE);
+    let mut buf = vec![0u8; PAGE_SIZE];
+    header(&mut buf, KIND_FREELIST, runs.len() as u16, id, txid);
+    buf[24..32].copy_from_slice(&next.to_le_bytes());
+    for (i, (s, n)) in runs.iter().enumerate() {
+        let o = FREELIST_RUNS_OFF + 16 * i;
+        buf[o..o + 8].copy_from_slice(&s.to_le_bytes());
+        buf[o + 8..o + 16].copy_from_slice(&n.to_le_bytes());
+    }
+    seal(&mut buf);
+    buf
+}
+
+/// Decodes a freelist page: `(next page, runs)`.
+pub(crate) fn decode_freelist(id: u64, buf: &[u8]) -> StoreResult<(u64, Vec<(u64, u64)>)> {
+    verify_crc(id, buf)?;
+    let count = check_header(id, buf, KIND_FREELIST)? as usize;
+    if count > FREELIST_RUNS_PER_PAGE {
+        return Err(corrupt(id, format_args!("freelist page claims {count} runs")));
+    }
+    let bad = || corrupt(id, "short freelist page");
+    let next = rd_u64(buf, 24).ok_or_else(bad)?;
+    let mut runs = Vec::with_capacity(count);
+    for i in 0..count {
+        let o = FREELIST_RUNS_OFF + 16 * i;
+        runs.push((rd_u64(buf, o).ok_or_else(bad)?, rd_u64(buf, o + 8).ok_or_else(bad)?));
+    }
+    Ok((next, runs))
+}
+
+// ---- meta pages ----
+
+/// Identifies an ironcd store file; distinct from bbolt's so an etcd `db`
+/// file is never mistaken for ours.
+pub(crate) const MAGIC: [u8; 8] = *b"IRCDKVB1";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// bbolt's meta magic, found at byte 16 of an etcd `db` file.
+const BBOLT_MAGIC: u32 = 0xED0C_DAED;
+const META_CRC_OFF: usize = 64 + 8 * Tree::COUNT;
+pub(crate) const META_LEN: usize = META_CRC_OFF + 4;
+
+/// The state a meta page names (layout in `docs/btree.md`, "Meta page").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub txid: u64,
+    pub applied: u64,
+    /// Pages `0..hwm` are in use (meta, tree, free or freelist pages).
+    pub hwm: u64,
+    /// First freelist page, 0 if the free set is empty.
+    pub freelist: u64,
+    /// Number of free pages the freelist lists.
+    pub free_count: u64,
+    /// Root page per tree, 0 for an empty tree.
+    pub roots: [u64; Tree::COUNT],
+}
+
+pub(crate) fn encode_meta(m: &Meta) -> Vec<u8> {
+    let mut buf = vec![0u8; PAGE_SIZE];
+    buf[0..8].copy_from_slice(&MAGIC);
+    buf[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    buf[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    buf[16..24].copy_from_slice(&m.txid.to_le_bytes());
+    buf[24..32].copy_from_slice(&m.applied.to_le_bytes());
+    buf[32..40].copy_from_slice(&m.hwm.to_le_bytes());
+    buf[40..48].copy_from_slice(&m.freelist.to_le_bytes());
+    buf[48..56].copy_from_slice(&m.free_count.to_le_bytes());
+    buf[56..60].copy_from_slice(&(Tree::COUNT as u32).to_le_bytes());
+    for (i, r) in m.roots.iter().enumerate() {
+        buf[64 + 8 * i..72 + 8 * i].copy_from_slice(&r.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&buf[..META_CRC_OFF]);
+    buf[META_CRC_OFF..META_LEN].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// Why a meta page was not usable.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum MetaError {
+    /// All zero: never written.
+    Blank,
+    /// A bbolt (etcd) database file.
+    Bbolt,
+    /// Anything else, with the reason.
+    Invalid(String),
+}
+
+pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, MetaError> {
+    let bad = |s: &str| MetaError::Invalid(s.to_string());
+    if buf.iter().all(|&b| b == 0) {
+        return Err(MetaError::Blank);
+    }
+    if rd_u32(buf, 16) == Some(BBOLT_MAGIC) {
+        return Err(MetaError::Bbolt);
+    }
+    if buf.get(0..8) != Some(&MAGIC[..]) {
+        return Err(bad("bad magic (not an ironcd store file)"));
+    }
+    let crc = rd_u32(buf, META_CRC_OFF).ok_or_else(|| bad("short meta page"))?;
+    let body = buf.get(..META_CRC_OFF).ok_or_else(|| bad("short meta page"))?;
+    if crc32fast::hash(body) != crc {
+        return Err(bad("checksum mismatch (torn or damaged meta page)"));
+    }
+    let u32_at = |o| rd_u32(buf, o).ok_or_else(|| bad("short meta page"));
+    let u64_at = |o| rd_u64(buf, o).ok_or_else(|| bad("short meta page"));
+    let version = u32_at(8)?;
+    if version != FORMAT_VERSION {
+        return Err(MetaError::Invalid(format!("unsupported format version {version} (this build reads {FORMAT_VERSION})")));
+    }
+    let ps = u32_at(12)?;
+    if ps as usize != PAGE_SIZE {
+        return Err(MetaError::Invalid(format!("page size {ps}, this build uses {PAGE_SIZE}")));
+    }
+    let ntrees = u32_at(56)?;
+    if ntrees as usize != Tree::COUNT {
+        return Err(MetaError::Invalid(format!("{ntrees} trees, this build knows {}", Tree::COUNT)));
+    }
+    let mut roots = [0u64; Tree::COUNT];
+    for (i, r) in roots.iter_mut().enumerate() {
+        *r = u64_at(64 + 8 * i)?;
+    }
+    let m = Meta {
+        txid: u64_at(16)?,
+        applied: u64_at(24)?,
+        hwm: u64_at(32)?,
+        freelist: u64_at(40)?,
+        free_count: u64_at(48)?,
+        roots,
+    };
+    if m.hwm < 2 {
+        return Err(bad("high-water mark below the meta pages"));
+    }
+    if roots.iter().chain([&m.freelist]).any(|&r| r == 1 || (r != 0 && r >= m.hwm)) {
+        return Err(bad("a root or freelist page lies outside the used pages"));
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_round_trip() {
+        let e = [
+            (EncRef::Inline(b"a"), EncRef::Inline(b"1")),
+            (EncRef::Inline(b"bb"), EncRef::Ovf { page: 9, len: 5000 }),
+        ];
+        let buf = encode_leaf(7, 3, &e);
+        verify_crc(7, &buf).unwrap();
+        let p = NodePage::parse(7, &buf).unwrap();
+        assert!(p.leaf);
+        assert_eq!(p.count, 2);
+        let (k, v) = p.leaf_entry(1).unwrap();
+        assert!(matches!(k, Ref::Inline { len: 2, .. }));
+        assert!(matches!(v, Ref::Ovf { page: 9, len: 5000 }));
+    }
+
+    #[test]
+    fn branch_round_trip() {
+        let buf = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
+        let p = NodePage::parse(5, &buf).unwrap();
+        assert_eq!(p.child(0).unwrap(), 10);
+        assert_eq!(p.child(1).unwrap(), 11);
+        assert!(p.child(2).is_err());
+    }
+
+    #[test]
+    fn meta_round_trip_and_bbolt() {
+        let m = Meta { txid: 5, applied: 9, hwm: 10, freelist: 3, free_count: 4, roots: [0, 2, 0, 0, 0, 0, 4] };
+        assert_eq!(decode_meta(&encode_meta(&m)).unwrap(), m);
+        let mut bolt = vec![0u8; PAGE_SIZE];
+        bolt[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
+        assert_eq!(decode_meta(&bolt), Err(MetaError::Bbolt));
+        assert_eq!(decode_meta(&[0u8; PAGE_SIZE]), Err(MetaError::Blank));
+    }
+
+    #[test]
+    fn sizes_guarantee_fanout() {
+        // Worst leaf entry: 4 must fit; worst branch entry: 7 must fit.
+        let worst_leaf = (0..5000)
+            .flat_map(|k| [(k, 0), (k, 2000), (k, 1000 - k.min(1000))])
+            .map(|(k, v)| leaf_entry_len(k, v))
+            .max()
+            .unwrap();
+        assert!(4 * worst_leaf <= NODE_CAP, "{worst_leaf}");
+        assert!(8 + 7 * branch_entry_len(MAX_INLINE_KEY) <= NODE_CAP);
+    }
+}

@@ -1,0 +1,831 @@
+//! B-tree algorithms over verified pages and in-memory dirty nodes. No I/O:
+//! a commit hands back encoded pages for the caller to write.
+//!
+//! A write transaction copies every node it changes (and the path to it)
+//! into memory ([`Node`]), leaving the pages of the base version untouched.
+//! Dirty nodes split while the transaction runs once they reach two pages;
+//! at commit, underfull dirty nodes merge with a sibling (`rebalance`), then
+//! every dirty node is encoded into one or more fresh pages bottom-up
+//! (`spill`). Separator rule: branch key `k[i]` sits between children `i` and
+//! `i + 1`; every key in child `i + 1` is `>= k[i]`, every key in child `i` is
+//! `< k[i]`.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::pager::Mapped;
+use super::page::{
+    branch_entry_len, corrupt, encode_branch, encode_leaf, encode_overflow, key_inline, leaf_entry_len,
+    ovf_pages, value_inline, EncRef, NodePage, Ref, NODE_CAP, PS,
+};
+use crate::kv::{StoreError, StoreResult, Tree};
+
+/// Deepest tree walked before a cycle in the page graph is assumed.
+pub(crate) const MAX_DEPTH: usize = 48;
+/// A dirty node this large splits while the transaction runs, keeping the
+/// work per put proportional to a page, not to the transaction.
+const SPLIT_AT: usize = 2 * NODE_CAP;
+/// At commit a dirty node smaller than this merges with a sibling.
+const MIN_FILL: usize = NODE_CAP / 4;
+
+fn internal(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("internal B-tree invariant broken: {what}"))
+}
+
+/// Where a key or value of a dirty entry lives.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Val {
+    /// Inline bytes of a base-version page, at file offset `off`. Valid until
+    /// the transaction ends: pages it frees are not reused before it commits.
+    Map { off: u64, len: u32 },
+    /// Bytes this transaction wrote: `arena[off..off + len]`.
+    Arena { off: usize, len: u32 },
+    /// An overflow run of the base version, owned by the cell holding this.
+    Ovf { page: u64, len: u32 },
+}
+
+impl Val {
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        match *self {
+            Val::Map { len, .. } | Val::Arena { len, .. } | Val::Ovf { len, .. } => len as usize,
+        }
+    }
+}
+
+/// Sizes are page bytes as [`leaf_entry_len`] / [`branch_entry_len`] count them.
+pub(crate) struct Leaf {
+    entries: Vec<(Val, Val)>,
+    size: usize,
+}
+
+pub(crate) struct Branch {
+    keys: Vec<Val>,
+    children: Vec<Child>,
+    /// 8 (first child) + the entries.
+    size: usize,
+}
+
+pub(crate) enum Node {
+    Leaf(Leaf),
+    Branch(Branch),
+    /// Merged away or already written.
+    Dead,
+}
+
+impl Node {
+    fn size(&self) -> usize {
+        match self {
+            Node::Leaf(l) => l.size,
+            Node::Branch(b) => b.size,
+            Node::Dead => 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Child {
+    Page(u64),
+    Node(usize),
+}
+
+/// Hands out page runs for a commit.
+pub(crate) trait Alloc {
+    /// `n` contiguous fresh pages; returns the first.
+    fn alloc(&mut self, n: u64) -> u64;
+}
+
+/// Everything a read needs: the map plus this transaction's dirty state.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub map: &'a Mapped,
+    pub nodes: &'a [Node],
+    pub arena: &'a [u8],
+}
+
+enum View<'a> {
+    P(NodePage<'a>),
+    M(&'a Node),
+}
+
+/// Child index for `key` given the binary-search result over branch keys.
+#[inline]
+fn child_pos(r: Result<usize, usize>) -> usize {
+    match r {
+        Ok(i) => i + 1,
+        Err(i) => i,
+    }
+}
+
+impl<'a> Ctx<'a> {
+    #[inline]
+    pub(crate) fn val(&self, v: Val) -> StoreResult<&'a [u8]> {
+        match v {
+            Val::Map { off, len } => self
+                .map
+                .bytes(off, len as usize)
+                .ok_or_else(|| corrupt(off / PS, "cell out of the mapped file")),
+            Val::Arena { off, len } => self.arena.get(off..off + len as usize).ok_or_else(|| internal("arena range")),
+            Val::Ovf { page, len } => self.map.overflow(page, len),
+        }
+    }
+
+    #[inline]
+    fn view(&self, c: Child) -> StoreResult<View<'a>> {
+        match c {
+            Child::Page(p) => Ok(View::P(self.map.node(p)?)),
+            Child::Node(n) => self.nodes.get(n).map(View::M).ok_or_else(|| internal("node index")),
+        }
+    }
+
+    #[inline]
+    fn is_leaf(v: &View<'a>) -> bool {
+        match v {
+            View::P(p) => p.leaf,
+            View::M(n) => matches!(n, Node::Leaf(_)),
+        }
+    }
+
+    /// Number of keys.
+    #[inline]
+    fn count(v: &View<'a>) -> usize {
+        match v {
+            View::P(p) => p.count,
+            View::M(Node::Leaf(l)) => l.entries.len(),
+            View::M(Node::Branch(b)) => b.keys.len(),
+            View::M(Node::Dead) => 0,
+        }
+    }
+
+    #[inline]
+    fn key(&self, v: &View<'a>, i: usize) -> StoreResult<&'a [u8]> {
+        match v {
+            View::P(p) => self.map.resolve(p, p.key(i)?),
+            View::M(Node::Leaf(l)) => self.val(l.entries.get(i).ok_or_else(|| internal("leaf index"))?.0),
+            View::M(Node::Branch(b)) => self.val(*b.keys.get(i).ok_or_else(|| internal("key index"))?),
+            View::M(Node::Dead) => Err(internal("read of a dead node")),
+        }
+    }
+
+    #[inline]
+    fn entry(&self, v: &View<'a>, i: usize) -> StoreResult<(&'a [u8], &'a [u8])> {
+        match v {
+            View::P(p) => {
+                let (k, val) = p.leaf_entry(i)?;
+                Ok((self.map.resolve(p, k)?, self.map.resolve(p, val)?))
+            }
+            View::M(Node::Leaf(l)) => {
+                let (k, val) = *l.entries.get(i).ok_or_else(|| internal("leaf index"))?;
+                Ok((self.val(k)?, self.val(val)?))
+            }
+            _ => Err(internal("entry of a non-leaf")),
+        }
+    }
+
+    #[inline]
+    fn child(&self, v: &View<'a>, i: usize) -> StoreResult<Child> {
+        match v {
+            View::P(p) => Ok(Child::Page(p.child(i)?)),
+            View::M(Node::Branch(b)) => b.children.get(i).copied().ok_or_else(|| internal("child index")),
+            _ => Err(internal("child of a non-branch")),
+        }
+    }
+
+    /// Binary search of `key` among the keys of `v`.
+    fn search(&self, v: &View<'a>, key: &[u8]) -> StoreResult<Result<usize, usize>> {
+        let (mut lo, mut hi) = (0, Self::count(v));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.key(v, mid)?.cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(Ok(mid)),
+            }
+        }
+        Ok(Err(lo))
+    }
+
+    /// The value under `key` in the tree rooted at `root`.
+    pub(crate) fn get(&self, root: Option<Child>, key: &[u8]) -> StoreResult<Option<&'a [u8]>> {
+        let Some(mut c) = root else { return Ok(None) };
+        for _ in 0..MAX_DEPTH {
+            let v = self.view(c)?;
+            if Self::is_leaf(&v) {
+                return match self.search(&v, key)? {
+                    Ok(i) => Ok(Some(self.entry(&v, i)?.1)),
+                    Err(_) => Ok(None),
+                };
+            }
+            c = self.child(&v, child_pos(self.search(&v, key)?))?;
+        }
+        Err(too_deep(c))
+    }
+
+    /// Visits entries between `start` and `end` in order (reversed if `reverse`).
+    pub(crate) fn scan(
+        &self,
+        root: Option<Child>,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        if let Some(c) = root {
+            self.scan_rec(c, start, end, reverse, visit, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Returns `false` once `visit` asked to stop.
+    fn scan_rec(
+        &self,
+        c: Child,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        reverse: bool,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        depth: usize,
+    ) -> StoreResult<bool> {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep(c));
+        }
+        let v = self.view(c)?;
+        let n = Self::count(&v);
+        if Self::is_leaf(&v) {
+            // Half-open index range lo..hi of matching entries.
+            let lo = match start {
+                Bound::Unbounded => 0,
+                Bound::Included(s) => self.search(&v, s)?.unwrap_or_else(|i| i),
+                Bound::Excluded(s) => child_pos(self.search(&v, s)?),
+            };
+            let hi = match end {
+                Bound::Unbounded => n,
+                Bound::Included(e) => child_pos(self.search(&v, e)?),
+                Bound::Excluded(e) => self.search(&v, e)?.unwrap_or_else(|i| i),
+            };
+            if lo >= hi {
+                return Ok(true);
+            }
+            let mut go = |i| -> StoreResult<bool> {
+                let (k, val) = self.entry(&v, i)?;
+                Ok(visit(k, val))
+            };
+            if reverse {
+                for i in (lo..hi).rev() {
+                    if !go(i)? {
+                        return Ok(false);
+                    }
+                }
+            } else {
+                for i in lo..hi {
+                    if !go(i)? {
+                        return Ok(false);
+                    }
+                }
+            }
+            return Ok(true);
+        }
+        // Inclusive child index range lo..=hi that may hold matches.
+        let lo = match start {
+            Bound::Unbounded => 0,
+            Bound::Included(s) | Bound::Excluded(s) => child_pos(self.search(&v, s)?),
+        };
+        let hi = match end {
+            Bound::Unbounded => n,
+            Bound::Included(e) | Bound::Excluded(e) => child_pos(self.search(&v, e)?),
+        };
+        if lo > hi {
+            return Ok(true);
+        }
+        if reverse {
+            for i in (lo..=hi).rev() {
+                if !self.scan_rec(self.child(&v, i)?, start, end, reverse, visit, depth + 1)? {
+                    return Ok(false);
+                }
+            }
+        } else {
+            for i in lo..=hi {
+                if !self.scan_rec(self.child(&v, i)?, start, end, reverse, visit, depth + 1)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn too_deep(c: Child) -> StoreError {
+    match c {
+        Child::Page(p) => corrupt(p, format_args!("tree deeper than {MAX_DEPTH} levels (a cycle?)")),
+        Child::Node(_) => internal("dirty tree too deep"),
+    }
+}
+
+fn val_of(page: &NodePage<'_>, r: Ref) -> Val {
+    match r {
+        Ref::Inline { off, len } => Val::Map { off: page.id * PS + off as u64, len: len as u32 },
+        Ref::Ovf { page, len } => Val::Ovf { page, len },
+    }
+}
+
+fn push_arena(arena: &mut Vec<u8>, b: &[u8]) -> Val {
+    let off = arena.len();
+    arena.extend_from_slice(b);
+    Val::Arena { off, len: b.len() as u32 }
+}
+
+/// Start indices of parts no bigger than `cap`, each about `total / parts`.
+/// `first` is the fixed cost of each part (a branch's first child).
+fn split_points(sizes: &[usize], first: usize, cap: usize) -> Vec<usize> {
+    let total: usize = first + sizes.iter().sum::<usize>();
+    let parts = total.div_ceil(cap).max(1);
+    let target = total.div_ceil(parts);
+    let mut starts = vec![0];
+    let mut acc = first;
+    for (i, &s) in sizes.iter().enumerate() {
+        if acc > first && (acc + s > cap || acc >= target) {
+            starts.push(i);
+            acc = first;
+        }
+        acc += s;
+    }
+    starts
+}
+
+/// A cell part to encode: inline bytes, the existing run, or a new run.
+fn enc_part<'b>(
+    v: Val,
+    bytes: &'b [u8],
+    inline: bool,
+    a: &mut dyn Alloc,
+    txid: u64,
+    out: &mut Vec<(u64, Vec<u8>)>,
+) -> EncRef<'b> {
+    if inline {
+        return EncRef::Inline(bytes);
+    }
+    match v {
+        Val::Ovf { page, len } => EncRef::Ovf { page, len },
+        _ => {
+            let first = a.alloc(ovf_pages(bytes.len()));
+            out.push((first, encode_overflow(first, txid, bytes)));
+            EncRef::Ovf { page: first, len: bytes.len() as u32 }
+        }
+    }
+}
+
+/// The dirty state of one write transaction over every tree.
+pub(crate) struct TxnTrees {
+    pub map: Arc<Mapped>,
+    pub roots: [Option<Child>; Tree::COUNT],
+    nodes: Vec<Node>,
+    arena: Vec<u8>,
+    /// Pages this transaction unlinked (copied nodes, dropped overflow runs).
+    pub freed: Vec<u64>,
+    pub changed: bool,
+}
+
+impl TxnTrees {
+    pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT]) -> TxnTrees {
+        let roots = roots.map(|r| (r != 0).then_some(Child::Page(r)));
+        TxnTrees { map, roots, nodes: Vec::new(), arena: Vec::new(), freed: Vec::new(), changed: false }
+    }
+
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
+        Ctx { map: &self.map, nodes: &self.nodes, arena: &self.arena }
+    }
+
+    fn push_node(&mut self, n: Node) -> usize {
+        self.nodes.push(n);
+        self.nodes.len() - 1
+    }
+
+    /// Copies page `pid` into a dirty node and frees the page.
+    fn load(&mut self, pid: u64) -> StoreResult<usize> {
+        let page = self.map.node(pid)?;
+        let node = if page.leaf {
+            let mut entries = Vec::with_capacity(page.count + 4);
+            let mut size = 0;
+            for i in 0..page.count {
+                let (k, v) = page.leaf_entry(i)?;
+                size += leaf_entry_len(k.len(), v.len());
+                entries.push((val_of(&page, k), val_of(&page, v)));
+            }
+            Node::Leaf(Leaf { entries, size })
+        } else {
+            let mut keys = Vec::with_capacity(page.count + 4);
+            let mut children = Vec::with_capacity(page.count + 5);
+            let mut size = 8;
+            children.push(Child::Page(page.child(0)?));
+            for i in 0..page.count {
+                let k = page.key(i)?;
+                size += branch_entry_len(k.len());
+                keys.push(val_of(&page, k));
+                children.push(Child::Page(page.child(i + 1)?));
+            }
+            Node::Branch(Branch { keys, children, size })
+        };
+        self.freed.push(pid);
+        Ok(self.push_node(node))
+    }
+
+    /// Makes child `i` of dirty branch `n` dirty; returns its node index.
+    fn ensure_child(&mut self, n: usize, i: usize) -> StoreResult<usize> {
+        let c = match &self.nodes[n] {
+            Node::Branch(b) => *b.children.get(i).ok_or_else(|| internal("child index"))?,
+            _ => return Err(internal("ensure_child of a non-branch")),
+        };
+        match c {
+            Child::Node(x) => Ok(x),
+            Child::Page(p) => {
+                let x = self.load(p)?;
+                if let Node::Branch(b) = &mut self.nodes[n] {
+                    b.children[i] = Child::Node(x);
+                }
+                Ok(x)
+            }
+        }
+    }
+
+    /// Makes the path to `key` dirty; returns the leaf and the `(branch,
+    /// child index)` path above it, or `None` for an empty tree.
+    fn descend(&mut self, t: usize, key: &[u8]) -> StoreResult<Option<(usize, Vec<(usize, usize)>)>> {
+        let root = match self.roots[t] {
+            None => return Ok(None),
+            Some(Child::Node(n)) => n,
+            Some(Child::Page(p)) => {
+                let n = self.load(p)?;
+                self.roots[t] = Some(Child::Node(n));
+                n
+            }
+        };
+        let mut path = Vec::new();
+        let mut cur = root;
+        for _ in 0..MAX_DEPTH {
+            let ci = {
+                let ctx = self.ctx();
+                let v = View::M(&self.nodes[cur]);
+                if Ctx::is_leaf(&v) {
+                    return Ok(Some((cur, path)));
+                }
+                child_pos(ctx.search(&v, key)?)
+            };
+            let next = self.ensure_child(cur, ci)?;
+            path.push((cur, ci));
+            cur = next;
+        }
+        Err(internal("dirty path too deep"))
+    }
+
+    fn free_val(&mut self, v: Val) {
+        if let Val::Ovf { page, len } = v {
+            self.freed.extend(page..page + ovf_pages(len as usize));
+        }
+    }
+
+    /// A separator equal to key `v` that no other cell owns.
+    fn sep_copy(&mut self, v: Val) -> StoreResult<Val> {
+        match v {
+            Val::Ovf { page, len } => {
+                let bytes = self.map.overflow(page, len)?;
+                Ok(push_arena(&mut self.arena, bytes))
+            }
+            other => Ok(other),
+        }
+    }
+
+    pub(crate) fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        self.changed = true;
+        let vv = push_arena(&mut self.arena, value);
+        let Some((leaf, path)) = self.descend(t, key)? else {
+            let kv = push_arena(&mut self.arena, key);
+            let size = leaf_entry_len(key.len(), value.len());
+            let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
+            self.roots[t] = Some(Child::Node(n));
+            return Ok(());
+        };
+        let pos = self.ctx().search(&View::M(&self.nodes[leaf]), key)?;
+        let Node::Leaf(l) = &mut self.nodes[leaf] else { return Err(internal("descend ended off a leaf")) };
+        match pos {
+            Ok(i) => {
+                let (k, old) = l.entries[i];
+                l.size = l.size - leaf_entry_len(k.len(), old.len()) + leaf_entry_len(k.len(), value.len());
+                l.entries[i].1 = vv;
+                self.free_val(old);
+            }
+            Err(i) => {
+                let kv = push_arena(&mut self.arena, key);
+                l.entries.insert(i, (kv, vv));
+                l.size += leaf_entry_len(key.len(), value.len());
+            }
+        }
+        self.split_up(t, leaf, path)
+    }
+
+    pub(crate) fn delete(&mut self, t: usize, key: &[u8]) -> StoreResult<bool> {
+        // Look first, so deleting an absent key copies nothing.
+        if self.ctx().get(self.roots[t], key)?.is_none() {
+            return Ok(false);
+        }
+        let Some((leaf, _)) = self.descend(t, key)? else { return Ok(false) };
+        let pos = self.ctx().search(&View::M(&self.nodes[leaf]), key)?;
+        let Ok(i) = pos else { return Ok(false) };
+        let Node::Leaf(l) = &mut self.nodes[leaf] else { return Err(internal("descend ended off a leaf")) };
+        let (k, v) = l.entries.remove(i);
+        l.size -= leaf_entry_len(k.len(), v.len());
+        self.free_val(k);
+        self.free_val(v);
+        self.changed = true;
+        Ok(true)
+    }
+
+    /// Splits overgrown nodes from `cur` up the path.
+    fn split_up(&mut self, t: usize, mut cur: usize, mut path: Vec<(usize, usize)>) -> StoreResult<()> {
+        while self.nodes[cur].size() > SPLIT_AT {
+            let (sep, right) = self.split_node(cur)?;
+            let right = self.push_node(right);
+            match path.pop() {
+                Some((parent, ci)) => {
+                    let Node::Branch(b) = &mut self.nodes[parent] else { return Err(internal("parent not a branch")) };
+                    b.keys.insert(ci, sep);
+                    b.children.insert(ci + 1, Child::Node(right));
+                    b.size += branch_entry_len(sep.len());
+                    cur = parent;
+                }
+                None => {
+                    let size = 8 + branch_entry_len(sep.len());
+                    let children = vec![Child::Node(cur), Child::Node(right)];
+                    let r = self.push_node(Node::Branch(Branch { keys: vec![sep], children, size }));
+                    self.roots[t] = Some(Child::Node(r));
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits dirty node `cur` in two by size; `cur` keeps the left half.
+    fn split_node(&mut self, cur: usize) -> StoreResult<(Val, Node)> {
+        match &mut self.nodes[cur] {
+            Node::Leaf(l) => {
+                let n = l.entries.len();
+                let (mut acc, mut m) = (0, n / 2);
+                for (i, (k, v)) in l.entries.iter().enumerate() {
+                    if acc >= l.size / 2 {
+                        m = i;
+                        break;
+                    }
+                    acc += leaf_entry_len(k.len(), v.len());
+                }
+                let m = m.clamp(1, n.saturating_sub(1).max(1));
+                let right = l.entries.split_off(m);
+                let rsize: usize = right.iter().map(|(k, v)| leaf_entry_len(k.len(), v.len())).sum();
+                l.size -= rsize;
+                let first = right.first().ok_or_else(|| internal("split of a tiny leaf"))?.0;
+                let sep = self.sep_copy(first)?;
+                Ok((sep, Node::Leaf(Leaf { entries: right, size: rsize })))
+            }
+            Node::Branch(b) => {
+                let n = b.keys.len();
+                let (mut acc, mut m) = (8, n / 2);
+                for (i, k) in b.keys.iter().enumerate() {
+                    if acc >= b.size / 2 {
+                        m = i;
+                        break;
+                    }
+                    acc += branch_entry_len(k.len());
+                }
+                let m = m.min(n.saturating_sub(1));
+                let rkeys = b.keys.split_off(m + 1);
+                let sep = b.keys.pop().ok_or_else(|| internal("split of a tiny branch"))?;
+                let rchildren = b.children.split_off(m + 1);
+                let rsize = 8 + rkeys.iter().map(|k| branch_entry_len(k.len())).sum::<usize>();
+                b.size -= rsize - 8 + branch_entry_len(sep.len());
+                Ok((sep, Node::Branch(Branch { keys: rkeys, children: rchildren, size: rsize })))
+            }
+            Node::Dead => Err(internal("split of a dead node")),
+        }
+    }
+
+    /// Rebalances, then encodes every dirty node as pages appended to `out`;
+    /// returns the new root page of every tree (0 for empty).
+    pub(crate) fn finish(
+        &mut self,
+        a: &mut dyn Alloc,
+        txid: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> StoreResult<[u64; Tree::COUNT]> {
+        let mut roots = [0u64; Tree::COUNT];
+        for (t, root_out) in roots.iter_mut().enumerate() {
+            if let Some(Child::Node(r)) = self.roots[t] {
+                self.rebalance(r)?;
+            }
+            // Collapse single-child roots and an empty root leaf.
+            while let Some(Child::Node(r)) = self.roots[t] {
+                match &self.nodes[r] {
+                    Node::Branch(b) if b.children.len() == 1 => self.roots[t] = Some(b.children[0]),
+                    Node::Leaf(l) if l.entries.is_empty() => self.roots[t] = None,
+                    _ => break,
+                }
+            }
+            let mut c = self.roots[t];
+            loop {
+                match c {
+                    None => break,
+                    Some(Child::Page(p)) => {
+                        *root_out = p;
+                        break;
+                    }
+                    Some(node) => {
+                        let (pages, seps) = self.spill(node, a, txid, out)?;
+                        if let [only] = pages[..] {
+                            *root_out = only;
+                            break;
+                        }
+                        // The root split: a new root above the parts.
+                        let size = 8 + seps.iter().map(|s| branch_entry_len(s.len())).sum::<usize>();
+                        let children = pages.into_iter().map(Child::Page).collect();
+                        c = Some(Child::Node(self.push_node(Node::Branch(Branch { keys: seps, children, size }))));
+                    }
+                }
+            }
+        }
+        Ok(roots)
+    }
+
+    fn rebalance(&mut self, n: usize) -> StoreResult<()> {
+        let kids: Vec<usize> = match &self.nodes[n] {
+            Node::Branch(b) => b
+                .children
+                .iter()
+                .filter_map(|c| match c {
+                    Child::Node(i) => Some(*i),
+                    Child::Page(_) => None,
+                })
+                .collect(),
+            _ => return Ok(()),
+        };
+        for k in kids {
+            self.rebalance(k)?;
+        }
+        self.merge_children(n)
+    }
+
+    /// Merges underfull dirty children of branch `n` into a neighbour.
+    fn merge_children(&mut self, n: usize) -> StoreResult<()> {
+        let mut i = 0;
+        loop {
+            let (len, child) = match &self.nodes[n] {
+                Node::Branch(b) => (b.children.len(), b.children.get(i).copied()),
+                _ => return Ok(()),
+            };
+            let Some(child) = child else { return Ok(()) };
+            if len < 2 {
+                return Ok(());
+            }
+            let small = match child {
+                Child::Node(c) => self.nodes[c].size() < MIN_FILL,
+                Child::Page(_) => false,
+            };
+            if !small {
+                i += 1;
+                continue;
+            }
+            let l = if i + 1 < len { i } else { i - 1 };
+            let ln = self.ensure_child(n, l)?;
+            let rn = self.ensure_child(n, l + 1)?;
+            let sep = {
+                let Node::Branch(b) = &mut self.nodes[n] else { return Err(internal("merge parent")) };
+                b.children.remove(l + 1);
+                let sep = b.keys.remove(l);
+                b.size -= branch_entry_len(sep.len());
+                sep
+            };
+            let right = std::mem::replace(&mut self.nodes[rn], Node::Dead);
+            let drop_sep = match (&mut self.nodes[ln], right) {
+                (Node::Leaf(a), Node::Leaf(b)) => {
+                    a.size += b.size;
+                    a.entries.extend(b.entries);
+                    true
+                }
+                (Node::Branch(a), Node::Branch(b)) => {
+                    a.size += branch_entry_len(sep.len()) + b.size - 8;
+                    a.keys.push(sep);
+                    a.keys.extend(b.keys);
+                    a.children.extend(b.children);
+                    false
+                }
+                _ => return Err(StoreError::Corrupt("sibling nodes at different depths".into())),
+            };
+            if drop_sep {
+                self.free_val(sep);
+            } else {
+                self.merge_children(ln)?;
+            }
+            i = l;
+        }
+    }
+
+    /// Encodes dirty node `c` (children first) into pages; returns the pages
+    /// and the separators between them (`seps.len() + 1 == pages.len()`).
+    fn spill(
+        &mut self,
+        c: Child,
+        a: &mut dyn Alloc,
+        txid: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+    ) -> StoreResult<(Vec<u64>, Vec<Val>)> {
+        let n = match c {
+            Child::Page(p) => return Ok((vec![p], Vec::new())),
+            Child::Node(n) => n,
+        };
+        match std::mem::replace(&mut self.nodes[n], Node::Dead) {
+            Node::Dead => Err(internal("spill of a dead node")),
+            Node::Leaf(l) => {
+                let sizes: Vec<usize> = l.entries.iter().map(|(k, v)| leaf_entry_len(k.len(), v.len())).collect();
+                let mut starts = split_points(&sizes, 0, NODE_CAP);
+                starts.push(l.entries.len());
+                let mut pages = Vec::with_capacity(starts.len());
+                {
+                    let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
+                    let mut enc = Vec::new();
+                    for w in starts.windows(2) {
+                        enc.clear();
+                        for &(k, v) in &l.entries[w[0]..w[1]] {
+                            let (kb, vb) = (ctx.val(k)?, ctx.val(v)?);
+                            let ke = enc_part(k, kb, key_inline(kb.len()), a, txid, out);
+                            let ve = enc_part(v, vb, value_inline(kb.len(), vb.len()), a, txid, out);
+                            enc.push((ke, ve));
+                        }
+                        let id = a.alloc(1);
+                        out.push((id, encode_leaf(id, txid, &enc)));
+                        pages.push(id);
+                    }
+                }
+                let mut seps = Vec::with_capacity(pages.len().saturating_sub(1));
+                for &s in &starts[1..starts.len() - 1] {
+                    seps.push(self.sep_copy(l.entries[s].0)?);
+                }
+                Ok((pages, seps))
+            }
+            Node::Branch(b) => {
+                let mut keys = Vec::with_capacity(b.keys.len() + 4);
+                let mut kids = Vec::with_capacity(b.children.len() + 4);
+                for (i, ch) in b.children.iter().enumerate() {
+                    if i > 0 {
+                        keys.push(b.keys[i - 1]);
+                    }
+                    let (ps, ss) = self.spill(*ch, a, txid, out)?;
+                    kids.extend(ps);
+                    keys.extend(ss);
+                }
+                let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_len(k.len())).collect();
+                // A split before entry i (key i, child i + 1) moves key i up
+                // and starts the next part at child i + 1.
+                let mut starts: Vec<usize> =
+                    split_points(&sizes, 8, NODE_CAP).into_iter().map(|i| if i == 0 { 0 } else { i + 1 }).collect();
+                let mut pages = Vec::with_capacity(starts.len());
+                let mut seps = Vec::with_capacity(starts.len());
+                starts.push(kids.len());
+                let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
+                let mut enc = Vec::new();
+                for w in starts.windows(2) {
+                    let (s, e) = (w[0], w[1]); // children s..e, keys s..e-1
+                    if s > 0 {
+                        seps.push(keys[s - 1]);
+                    }
+                    enc.clear();
+                    for &k in &keys[s..e - 1] {
+                        let kb = ctx.val(k)?;
+                        enc.push(enc_part(k, kb, key_inline(kb.len()), a, txid, out));
+                    }
+                    let id = a.alloc(1);
+                    out.push((id, encode_branch(id, txid, &enc, &kids[s..e])));
+                    pages.push(id);
+                }
+                Ok((pages, seps))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_points_respect_cap() {
+        let sizes = vec![100; 100];
+        let s = split_points(&sizes, 0, NODE_CAP);
+        assert_eq!(s.len(), 3);
+        let s = split_points(&[10, 10], 0, NODE_CAP);
+        assert_eq!(s, vec![0]);
+        let s = split_points(&[1000; 9], 8, NODE_CAP);
+        assert!(s.len() >= 3);
+    }
+
+    #[test]
+    fn page_constants_agree() {
+        assert_eq!(super::super::page::PAGE_SIZE as u64, PS);
+    }
+}
