@@ -386,3 +386,13 @@ fn check_meta(b: &Bytes) -> Result<(), WalError> {
 pub fn verify_segment_bytes(buf: &[u8]) -> Result<u64, WalError> {
     recovery::verify_bytes(buf)
 }
+
+/// Decodes `body` as the contents of a segment (after its header block)
+/// whose salt is `salt`; for fuzzing the batch and record decoders.
+pub fn verify_segment_body(salt: u64, body: &[u8]) -> Result<u64, WalError> {
+    let size = format::align_up(body.len() as u64).max(BLOCK) + BLOCK;
+    let mut buf = vec![0u8; size as usize];
+    format::SegmentHeader { seq: 0, first_index: 0, start_batch: 0, salt, segment_size: size }.encode(&mut buf);
+    buf[BLOCK as usize..BLOCK as usize + body.len()].copy_from_slice(body);
+    recovery::verify_bytes(&buf)
+}
