@@ -71,9 +71,12 @@ impl<W: WriteView> KvWriter<W> {
             return Err(MvccError::FutureRev);
         }
         self.state.compact = rev;
-        self.view.put(Tree::Meta, META_SCHEDULED_COMPACT, &rev.to_le_bytes())?;
+        self.view
+            .put(Tree::Meta, META_SCHEDULED_COMPACT, &rev.to_le_bytes())?;
         self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
-        Ok(CompactionResponse { header: ResponseHeader::at(self.state.current) })
+        Ok(CompactionResponse {
+            header: ResponseHeader::at(self.state.current),
+        })
     }
 
     /// True while a compaction still has history to remove.
@@ -96,20 +99,26 @@ impl<W: WriteView> KvWriter<W> {
         let max = max_keys.max(1);
         let mut batch: Vec<(Revision, Vec<u8>, bool)> = Vec::with_capacity(max.min(4096));
         let mut err = None;
-        self.view.scan(Tree::Kv, Bound::Included(&cursor.to_bytes()), Bound::Excluded(&end), false, &mut |k, v| {
-            let r = Revision::from_bytes(k).and_then(|rev| {
-                let rec = Record::decode(v)?;
-                Ok((rev, rec.key.to_vec(), rec.tombstone))
-            });
-            match r {
-                Ok(e) => batch.push(e),
-                Err(e) => {
-                    err = Some(e);
-                    return false;
+        self.view.scan(
+            Tree::Kv,
+            Bound::Included(&cursor.to_bytes()),
+            Bound::Excluded(&end),
+            false,
+            &mut |k, v| {
+                let r = Revision::from_bytes(k).and_then(|rev| {
+                    let rec = Record::decode(v)?;
+                    Ok((rev, rec.key.to_vec(), rec.tombstone))
+                });
+                match r {
+                    Ok(e) => batch.push(e),
+                    Err(e) => {
+                        err = Some(e);
+                        return false;
+                    }
                 }
-            }
-            batch.len() < max
-        })?;
+                batch.len() < max
+            },
+        )?;
         if let Some(e) = err {
             return Err(e);
         }
@@ -121,18 +130,21 @@ impl<W: WriteView> KvWriter<W> {
                 };
             if !keep {
                 self.view.delete(Tree::Kv, &rev.to_bytes())?;
-                self.view.delete(Tree::KeyHistory, &history_key(key, *rev))?;
+                self.view
+                    .delete(Tree::KeyHistory, &history_key(key, *rev))?;
             }
         }
         if batch.len() < max {
             self.state.finished_compact = at;
-            self.view.put(Tree::Meta, META_FINISHED_COMPACT, &at.to_le_bytes())?;
+            self.view
+                .put(Tree::Meta, META_FINISHED_COMPACT, &at.to_le_bytes())?;
             self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
             return Ok(CompactStep::Done);
         }
         let last = batch.last().map(|b| b.0).unwrap_or_default();
         let next = Revision::new(last.main, last.sub + 1);
-        self.view.put(Tree::Meta, META_COMPACT_CURSOR, &next.to_bytes())?;
+        self.view
+            .put(Tree::Meta, META_COMPACT_CURSOR, &next.to_bytes())?;
         Ok(CompactStep::More)
     }
 }

@@ -36,30 +36,40 @@ impl<R: ReadView> KvReader<R> {
         h.update(b"kv");
         let end = Revision::new(at + 1, 0).to_bytes();
         let mut err = None;
-        self.view.scan(Tree::Kv, Bound::Unbounded, Bound::Excluded(&end), false, &mut |k, v| {
-            let keep = Revision::from_bytes(k).and_then(|r| {
-                if r.main > compact {
-                    return Ok(true);
+        self.view.scan(
+            Tree::Kv,
+            Bound::Unbounded,
+            Bound::Excluded(&end),
+            false,
+            &mut |k, v| {
+                let keep = Revision::from_bytes(k).and_then(|r| {
+                    if r.main > compact {
+                        return Ok(true);
+                    }
+                    survives(&ctx, r, &Record::decode(v)?, at)
+                });
+                match keep {
+                    Ok(true) => {
+                        h.update(k);
+                        h.update(v);
+                        true
+                    }
+                    Ok(false) => true,
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
                 }
-                survives(&ctx, r, &Record::decode(v)?, at)
-            });
-            match keep {
-                Ok(true) => {
-                    h.update(k);
-                    h.update(v);
-                    true
-                }
-                Ok(false) => true,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        })?;
+            },
+        )?;
         if let Some(e) = err {
             return Err(e);
         }
-        Ok(HashKvResponse { header: ResponseHeader::at(cur), hash: h.finalize(), compact_revision: compact })
+        Ok(HashKvResponse {
+            header: ResponseHeader::at(cur),
+            hash: h.finalize(),
+            compact_revision: compact,
+        })
     }
 
     /// etcd's Hash: a CRC-32 over every entry of the MVCC and lease trees
@@ -67,19 +77,35 @@ impl<R: ReadView> KvReader<R> {
     /// Like etcd's, it depends on how far physical compaction has got.
     pub fn hash(&self) -> MvccResult<HashResponse> {
         let mut h = crc32fast::Hasher::new();
-        for tree in [Tree::Kv, Tree::KeyIndex, Tree::KeyHistory, Tree::Lease, Tree::Meta] {
+        for tree in [
+            Tree::Kv,
+            Tree::KeyIndex,
+            Tree::KeyHistory,
+            Tree::Lease,
+            Tree::Meta,
+        ] {
             h.update(&[tree as u8]);
-            self.view.scan(tree, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
-                if tree == Tree::Meta && (!k.starts_with(b"mvcc/") || k == META_COMPACT_CURSOR) {
-                    return true;
-                }
-                h.update(&(k.len() as u32).to_le_bytes());
-                h.update(k);
-                h.update(&(v.len() as u32).to_le_bytes());
-                h.update(v);
-                true
-            })?;
+            self.view.scan(
+                tree,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                false,
+                &mut |k, v| {
+                    if tree == Tree::Meta && (!k.starts_with(b"mvcc/") || k == META_COMPACT_CURSOR)
+                    {
+                        return true;
+                    }
+                    h.update(&(k.len() as u32).to_le_bytes());
+                    h.update(k);
+                    h.update(&(v.len() as u32).to_le_bytes());
+                    h.update(v);
+                    true
+                },
+            )?;
         }
-        Ok(HashResponse { header: ResponseHeader::at(self.state.current), hash: h.finalize() })
+        Ok(HashResponse {
+            header: ResponseHeader::at(self.state.current),
+            hash: h.finalize(),
+        })
     }
 }

@@ -24,7 +24,7 @@ pub struct HeadEntry {
 }
 
 impl HeadEntry {
-    pub fn to_bytes(&self) -> [u8; HEAD_ENTRY_LEN] {
+    pub fn to_bytes(self) -> [u8; HEAD_ENTRY_LEN] {
         let mut b = [0u8; HEAD_ENTRY_LEN];
         b[0..8].copy_from_slice(&self.modified.main.to_le_bytes());
         b[8..16].copy_from_slice(&self.modified.sub.to_le_bytes());
@@ -36,7 +36,10 @@ impl HeadEntry {
 
     pub fn from_bytes(b: &[u8]) -> MvccResult<Self> {
         if b.len() != HEAD_ENTRY_LEN {
-            return Err(MvccError::corrupt(format!("key index entry of {} bytes", b.len())));
+            return Err(MvccError::corrupt(format!(
+                "key index entry of {} bytes",
+                b.len()
+            )));
         }
         Ok(HeadEntry {
             modified: Revision::new(le_i64(&b[0..8]), le_i64(&b[8..16])),
@@ -142,7 +145,11 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.reserve(RECORD_HEADER_LEN + self.key.len() + self.value.len());
-        out.push(if self.tombstone { KIND_TOMBSTONE } else { KIND_PUT });
+        out.push(if self.tombstone {
+            KIND_TOMBSTONE
+        } else {
+            KIND_PUT
+        });
         out.extend_from_slice(&self.create_revision.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.lease.to_le_bytes());

@@ -36,7 +36,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_txn_ops: 128, min_lease_ttl: 2, events: EventMode::Events }
+        Config {
+            max_txn_ops: 128,
+            min_lease_ttl: 2,
+            events: EventMode::Events,
+        }
     }
 }
 
@@ -70,7 +74,10 @@ fn meta_i64(v: &(impl ReadView + ?Sized), key: &[u8], default: i64) -> MvccResul
     match v.get(Tree::Meta, key)? {
         None => Ok(default),
         Some(b) if b.len() == 8 => Ok(le_i64(b)),
-        Some(b) => Err(MvccError::corrupt(format!("meta value of {} bytes", b.len()))),
+        Some(b) => Err(MvccError::corrupt(format!(
+            "meta value of {} bytes",
+            b.len()
+        ))),
     }
 }
 
@@ -87,15 +94,24 @@ pub(crate) fn load_state(v: &(impl ReadView + ?Sized)) -> MvccResult<RevState> {
 pub(crate) enum KeyRange<'a> {
     Single(&'a [u8]),
     /// `[start, end)`; `end == None` means no upper bound ("\0").
-    Range { start: &'a [u8], end: Option<&'a [u8]> },
+    Range {
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    },
 }
 
 impl<'a> KeyRange<'a> {
     pub fn new(key: &'a [u8], range_end: &'a [u8]) -> Self {
         match range_end {
             [] => KeyRange::Single(key),
-            [0] => KeyRange::Range { start: key, end: None },
-            end => KeyRange::Range { start: key, end: Some(end) },
+            [0] => KeyRange::Range {
+                start: key,
+                end: None,
+            },
+            end => KeyRange::Range {
+                start: key,
+                end: Some(end),
+            },
         }
     }
 
@@ -140,7 +156,10 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
     pub fn with_record<T>(&self, rev: Revision, f: impl FnOnce(Record<'_>) -> T) -> MvccResult<T> {
         match self.view.get(Tree::Kv, &rev.to_bytes())? {
             Some(b) => Ok(f(Record::decode(b)?)),
-            None => Err(MvccError::corrupt(format!("missing kv record at {}.{}", rev.main, rev.sub))),
+            None => Err(MvccError::corrupt(format!(
+                "missing kv record at {}.{}",
+                rev.main, rev.sub
+            ))),
         }
     }
 
@@ -171,10 +190,16 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         let from = history_key(key, rev);
         let to = history_after(key);
         let mut out: MvccResult<Option<Revision>> = Ok(None);
-        self.view.scan(Tree::KeyHistory, Bound::Excluded(&from), Bound::Excluded(&to), false, &mut |k, v| {
-            out = history_entry(k, v).map(|(r, _)| Some(r));
-            false
-        })?;
+        self.view.scan(
+            Tree::KeyHistory,
+            Bound::Excluded(&from),
+            Bound::Excluded(&to),
+            false,
+            &mut |k, v| {
+                out = history_entry(k, v).map(|(r, _)| Some(r));
+                false
+            },
+        )?;
         out
     }
 
@@ -205,7 +230,11 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         let (start, end) = match range {
             KeyRange::Single(key) => {
                 return Ok(match self.history_at(key, at)? {
-                    Some((rev, KIND_PUT)) => vec![Found { key: key.to_vec(), rev, head: None }],
+                    Some((rev, KIND_PUT)) => vec![Found {
+                        key: key.to_vec(),
+                        rev,
+                        head: None,
+                    }],
                     _ => Vec::new(),
                 });
             }
@@ -221,13 +250,23 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         loop {
             // The next user key with any history.
             let mut next: MvccResult<Option<Vec<u8>>> = Ok(None);
-            self.view.scan(Tree::KeyHistory, Bound::Included(&from), end_b, false, &mut |k, _| {
-                next = super::key_index::decode_history_key(k).map(|(key, _)| Some(key));
-                false
-            })?;
+            self.view.scan(
+                Tree::KeyHistory,
+                Bound::Included(&from),
+                end_b,
+                false,
+                &mut |k, _| {
+                    next = super::key_index::decode_history_key(k).map(|(key, _)| Some(key));
+                    false
+                },
+            )?;
             let Some(key) = next? else { break };
             if let Some((rev, KIND_PUT)) = self.history_at(&key, at)? {
-                out.push(Found { key: key.clone(), rev, head: None });
+                out.push(Found {
+                    key: key.clone(),
+                    rev,
+                    head: None,
+                });
             }
             from = history_after(&key);
         }
@@ -238,7 +277,11 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         let (start, end) = match range {
             KeyRange::Single(key) => {
                 return Ok(match self.head(key)? {
-                    Some(h) => vec![Found { key: key.to_vec(), rev: h.modified, head: Some(h) }],
+                    Some(h) => vec![Found {
+                        key: key.to_vec(),
+                        rev: h.modified,
+                        head: Some(h),
+                    }],
                     None => Vec::new(),
                 });
             }
@@ -250,18 +293,26 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
             Some(e) => Bound::Excluded(e),
             None => Bound::Unbounded,
         };
-        self.view.scan(Tree::KeyIndex, Bound::Included(start), end_b, false, &mut |k, v| {
-            match HeadEntry::from_bytes(v) {
+        self.view.scan(
+            Tree::KeyIndex,
+            Bound::Included(start),
+            end_b,
+            false,
+            &mut |k, v| match HeadEntry::from_bytes(v) {
                 Ok(h) => {
-                    out.push(Found { key: k.to_vec(), rev: h.modified, head: Some(h) });
+                    out.push(Found {
+                        key: k.to_vec(),
+                        rev: h.modified,
+                        head: Some(h),
+                    });
                     true
                 }
                 Err(e) => {
                     err = Some(e);
                     false
                 }
-            }
-        })?;
+            },
+        )?;
         match err {
             Some(e) => Err(e),
             None => Ok(out),
@@ -270,7 +321,10 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
 
     /// Every live key-value in `range` at `at`, values included.
     pub fn range_kvs(&self, range: KeyRange<'_>, at: i64) -> MvccResult<Vec<KeyValue>> {
-        self.range_keys(range, at)?.into_iter().map(|f| self.key_value(f.rev)).collect()
+        self.range_keys(range, at)?
+            .into_iter()
+            .map(|f| self.key_value(f.rev))
+            .collect()
     }
 
     /// etcd's `Range` (`applierV3backend.Range` + `storeTxnRead.rangeKeys`),
@@ -287,7 +341,12 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         let count = found.len() as i64;
         let header = ResponseHeader::at(cur);
         if r.count_only {
-            return Ok(RangeResponse { header, kvs: Vec::new(), more: false, count });
+            return Ok(RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
         }
         let filtered = r.min_mod_revision != 0
             || r.max_mod_revision != 0
@@ -295,9 +354,16 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
             || r.max_create_revision != 0;
         // Fetch everything when sorting or filtering; else one extra for `more`.
         if r.sort_order == SortOrder::None && !filtered && r.limit > 0 {
-            found.truncate(usize::try_from(r.limit).unwrap_or(usize::MAX).saturating_add(1));
+            found.truncate(
+                usize::try_from(r.limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1),
+            );
         }
-        let mut items = found.into_iter().map(|f| self.item(f)).collect::<MvccResult<Vec<_>>>()?;
+        let mut items = found
+            .into_iter()
+            .map(|f| self.item(f))
+            .collect::<MvccResult<Vec<_>>>()?;
         items.retain(|it| {
             !(r.max_mod_revision != 0 && it.rev.main > r.max_mod_revision
                 || r.min_mod_revision != 0 && it.rev.main < r.min_mod_revision
@@ -332,11 +398,20 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
                 create_revision: it.create_revision,
                 mod_revision: it.rev.main,
                 version: it.version,
-                value: if r.keys_only { Vec::new() } else { it.value.unwrap_or_default() },
+                value: if r.keys_only {
+                    Vec::new()
+                } else {
+                    it.value.unwrap_or_default()
+                },
                 lease: it.lease,
             });
         }
-        Ok(RangeResponse { header, kvs, more, count })
+        Ok(RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        })
     }
 
     fn item(&self, f: Found) -> MvccResult<Item> {
@@ -504,7 +579,11 @@ impl<R: ReadView> KvReader<R> {
     }
 
     pub(crate) fn ctx(&self) -> ReadCtx<'_, R> {
-        ReadCtx { view: &self.view, head_rev: self.state.current, compact: self.state.compact }
+        ReadCtx {
+            view: &self.view,
+            head_rev: self.state.current,
+            compact: self.state.compact,
+        }
     }
 
     /// The current revision (etcd's `Rev()`).
@@ -543,7 +622,14 @@ pub struct KvWriter<W: WriteView> {
 impl<W: WriteView> KvWriter<W> {
     pub fn new(view: W, cfg: Config) -> MvccResult<Self> {
         let state = load_state(&view)?;
-        Ok(KvWriter { view, cfg, state, changes: 0, events: Vec::new(), scratch: Vec::new() })
+        Ok(KvWriter {
+            view,
+            cfg,
+            state,
+            changes: 0,
+            events: Vec::new(),
+            scratch: Vec::new(),
+        })
     }
 
     /// The revision reads see: the request's own changes included.
@@ -552,7 +638,11 @@ impl<W: WriteView> KvWriter<W> {
     }
 
     pub(crate) fn ctx(&self) -> ReadCtx<'_, W> {
-        ReadCtx { view: &self.view, head_rev: self.read_rev(), compact: self.state.compact }
+        ReadCtx {
+            view: &self.view,
+            head_rev: self.read_rev(),
+            compact: self.state.compact,
+        }
     }
 
     /// The current revision.
@@ -599,14 +689,22 @@ impl<W: WriteView> KvWriter<W> {
         if self.changes > 0 {
             self.state.current += 1;
             self.changes = 0;
-            self.view.put(Tree::Meta, META_CURRENT_REV, &self.state.current.to_le_bytes())?;
+            self.view.put(
+                Tree::Meta,
+                META_CURRENT_REV,
+                &self.state.current.to_le_bytes(),
+            )?;
         }
         Ok(())
     }
 
     /// Runs `f` as one request: on error the changes made so far still end
     /// the request (never happens for validated requests, as in etcd).
-    fn request<T>(&mut self, index: u64, f: impl FnOnce(&mut Self) -> MvccResult<T>) -> MvccResult<T> {
+    fn request<T>(
+        &mut self,
+        index: u64,
+        f: impl FnOnce(&mut Self) -> MvccResult<T>,
+    ) -> MvccResult<T> {
         self.begin(index);
         let out = f(self);
         self.end()?;
@@ -625,7 +723,11 @@ impl<W: WriteView> KvWriter<W> {
     }
 
     /// etcd's DeleteRange.
-    pub fn delete_range(&mut self, index: u64, d: &DeleteRangeRequest) -> MvccResult<DeleteRangeResponse> {
+    pub fn delete_range(
+        &mut self,
+        index: u64,
+        d: &DeleteRangeRequest,
+    ) -> MvccResult<DeleteRangeResponse> {
         self.request(index, |w| w.delete_range_op(d))
     }
 
@@ -690,8 +792,16 @@ impl<W: WriteView> KvWriter<W> {
                 self.delete_key(&f.key, h)?;
             }
         }
-        let rev = if deleted != 0 || self.changes > 0 { self.state.current + 1 } else { self.state.current };
-        Ok(DeleteRangeResponse { header: ResponseHeader::at(rev), deleted, prev_kvs })
+        let rev = if deleted != 0 || self.changes > 0 {
+            self.state.current + 1
+        } else {
+            self.state.current
+        };
+        Ok(DeleteRangeResponse {
+            header: ResponseHeader::at(rev),
+            deleted,
+            prev_kvs,
+        })
     }
 
     /// The previous state of `key` for an event at the request's revision:
@@ -699,7 +809,9 @@ impl<W: WriteView> KvWriter<W> {
     fn event_prev(&self, key: &[u8], head: Option<&HeadEntry>) -> MvccResult<Option<KeyValue>> {
         match head {
             None => Ok(None),
-            Some(h) if h.modified.main <= self.state.current => Ok(Some(self.ctx().key_value(h.modified)?)),
+            Some(h) if h.modified.main <= self.state.current => {
+                Ok(Some(self.ctx().key_value(h.modified)?))
+            }
             // Changed earlier in this request: look up the state before it.
             Some(_) => self.ctx().get_at(key, self.state.current),
         }
@@ -721,12 +833,26 @@ impl<W: WriteView> KvWriter<W> {
         };
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
-        Record { tombstone: false, create_revision, version, lease, key, value }.encode(&mut rec);
+        Record {
+            tombstone: false,
+            create_revision,
+            version,
+            lease,
+            key,
+            value,
+        }
+        .encode(&mut rec);
         let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
         self.scratch = rec;
         res?;
-        self.view.put(Tree::KeyHistory, &history_key(key, rev), &[KIND_PUT])?;
-        let entry = HeadEntry { modified: rev, create_revision, version, lease };
+        self.view
+            .put(Tree::KeyHistory, &history_key(key, rev), &[KIND_PUT])?;
+        let entry = HeadEntry {
+            modified: rev,
+            create_revision,
+            version,
+            lease,
+        };
         self.view.put(Tree::KeyIndex, key, &entry.to_bytes())?;
         if old_lease != lease {
             if old_lease != 0 {
@@ -764,11 +890,20 @@ impl<W: WriteView> KvWriter<W> {
         };
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
-        Record { tombstone: true, create_revision: 0, version: 0, lease: 0, key, value: &[] }.encode(&mut rec);
+        Record {
+            tombstone: true,
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            key,
+            value: &[],
+        }
+        .encode(&mut rec);
         let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
         self.scratch = rec;
         res?;
-        self.view.put(Tree::KeyHistory, &history_key(key, rev), &[KIND_TOMBSTONE])?;
+        self.view
+            .put(Tree::KeyHistory, &history_key(key, rev), &[KIND_TOMBSTONE])?;
         self.view.delete(Tree::KeyIndex, key)?;
         if head.lease != 0 {
             self.lease_detach(head.lease, key)?;
@@ -777,7 +912,11 @@ impl<W: WriteView> KvWriter<W> {
         if self.cfg.events != EventMode::None {
             self.events.push(Event {
                 r#type: EventType::Delete,
-                kv: KeyValue { key: key.to_vec(), mod_revision: rev.main, ..Default::default() },
+                kv: KeyValue {
+                    key: key.to_vec(),
+                    mod_revision: rev.main,
+                    ..Default::default()
+                },
                 prev_kv: prev,
             });
         }
@@ -790,7 +929,12 @@ impl<W: WriteView> KvWriter<W> {
     /// with range end "\0" covering its key (which etcd's interval check lets
     /// through) would find no key mid-apply, where etcd 3.4 panics; it is
     /// rejected here with "key not found" before anything is applied.
-    fn check_puts<'t>(&self, t: &'t TxnRequest, path: &TxnPath, gte_dels: &mut Vec<&'t [u8]>) -> MvccResult<()> {
+    fn check_puts<'t>(
+        &self,
+        t: &'t TxnRequest,
+        path: &TxnPath,
+        gte_dels: &mut Vec<&'t [u8]>,
+    ) -> MvccResult<()> {
         let mut nested = path.children.iter();
         for op in path.ops(t) {
             match &op.request {
@@ -802,7 +946,8 @@ impl<W: WriteView> KvWriter<W> {
                 Some(Request::RequestDeleteRange(d)) if d.range_end == [0] => gte_dels.push(&d.key),
                 Some(Request::RequestPut(p)) => {
                     if (p.ignore_value || p.ignore_lease)
-                        && (self.ctx().head(&p.key)?.is_none() || gte_dels.iter().any(|k| p.key.as_slice() >= *k))
+                        && (self.ctx().head(&p.key)?.is_none()
+                            || gte_dels.iter().any(|k| p.key.as_slice() >= *k))
                     {
                         return Err(MvccError::KeyNotFound);
                     }
@@ -856,20 +1001,29 @@ impl<W: WriteView> KvWriter<W> {
                     Some(Response::ResponseDeleteRange(self.delete_range_op(d)?))
                 }
                 Some(Request::RequestTxn(inner)) => {
-                    let p = nested.next().ok_or_else(|| MvccError::corrupt("txn path"))?;
+                    let p = nested
+                        .next()
+                        .ok_or_else(|| MvccError::corrupt("txn path"))?;
                     // Nested responses keep a zero header, as in etcd.
                     Some(Response::ResponseTxn(self.apply_txn(inner, p)?))
                 }
             };
             responses.push(ResponseOp { response });
         }
-        Ok(TxnResponse { header: ResponseHeader::default(), succeeded: path.succeeded, responses })
+        Ok(TxnResponse {
+            header: ResponseHeader::default(),
+            succeeded: path.succeeded,
+            responses,
+        })
     }
 }
 
 /// etcd's `isTxnReadonly`: only ranges at the top level of both branches.
 pub(crate) fn is_txn_readonly(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| matches!(op.request, Some(Request::RequestRange(_))))
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
 /// The branch taken by a txn and, in order, by each nested txn of that branch
@@ -880,7 +1034,11 @@ pub(crate) struct TxnPath {
 }
 
 impl TxnPath {
-    pub fn compute<V: ReadView + ?Sized>(ctx: &ReadCtx<'_, V>, t: &TxnRequest, cur: i64) -> MvccResult<Self> {
+    pub fn compute<V: ReadView + ?Sized>(
+        ctx: &ReadCtx<'_, V>,
+        t: &TxnRequest,
+        cur: i64,
+    ) -> MvccResult<Self> {
         let mut succeeded = true;
         for c in &t.compare {
             if !ctx.compare(c, cur)? {
@@ -895,7 +1053,10 @@ impl TxnPath {
                 children.push(TxnPath::compute(ctx, inner, cur)?);
             }
         }
-        Ok(TxnPath { succeeded, children })
+        Ok(TxnPath {
+            succeeded,
+            children,
+        })
     }
 
     pub fn ops<'t>(&self, t: &'t TxnRequest) -> &'t [RequestOp] {

@@ -60,9 +60,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 fn decode_record(id: i64, v: &[u8]) -> MvccResult<Lease> {
     if v.len() != 16 {
-        return Err(MvccError::corrupt(format!("lease record of {} bytes", v.len())));
+        return Err(MvccError::corrupt(format!(
+            "lease record of {} bytes",
+            v.len()
+        )));
     }
-    Ok(Lease { id, ttl: le_i64(&v[..8]), remaining_ttl: le_i64(&v[8..]), keys: Vec::new() })
+    Ok(Lease {
+        id,
+        ttl: le_i64(&v[..8]),
+        remaining_ttl: le_i64(&v[8..]),
+        keys: Vec::new(),
+    })
 }
 
 fn encode_record(l: &Lease) -> [u8; 16] {
@@ -84,32 +92,44 @@ pub(crate) fn lease_keys(view: &(impl ReadView + ?Sized), id: i64) -> MvccResult
     let prefix = item_prefix(id);
     let end = prefix_end(&prefix);
     let mut keys = Vec::new();
-    view.scan(Tree::Lease, Bound::Included(&prefix), Bound::Excluded(&end), false, &mut |k, _| {
-        keys.push(k[prefix.len()..].to_vec());
-        true
-    })?;
+    view.scan(
+        Tree::Lease,
+        Bound::Included(&prefix),
+        Bound::Excluded(&end),
+        false,
+        &mut |k, _| {
+            keys.push(k[prefix.len()..].to_vec());
+            true
+        },
+    )?;
     Ok(keys)
 }
 
 pub(crate) fn list_leases(view: &(impl ReadView + ?Sized)) -> MvccResult<Vec<Lease>> {
     let mut out = Vec::new();
     let mut err = None;
-    view.scan(Tree::Lease, Bound::Included(&[LEASE_RECORD][..]), Bound::Excluded(&[LEASE_ITEM][..]), false, &mut |k, v| {
-        if k.len() != 9 {
-            err = Some(MvccError::corrupt("lease key length"));
-            return false;
-        }
-        match decode_record(lease_id_from_bytes(&k[1..]), v) {
-            Ok(l) => {
-                out.push(l);
-                true
+    view.scan(
+        Tree::Lease,
+        Bound::Included(&[LEASE_RECORD][..]),
+        Bound::Excluded(&[LEASE_ITEM][..]),
+        false,
+        &mut |k, v| {
+            if k.len() != 9 {
+                err = Some(MvccError::corrupt("lease key length"));
+                return false;
             }
-            Err(e) => {
-                err = Some(e);
-                false
+            match decode_record(lease_id_from_bytes(&k[1..]), v) {
+                Ok(l) => {
+                    out.push(l);
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
             }
-        }
-    })?;
+        },
+    )?;
     match err {
         Some(e) => Err(e),
         None => Ok(out),
@@ -161,7 +181,11 @@ impl<W: WriteView> KvWriter<W> {
 
     /// etcd's LeaseGrant. `id == 0` picks a free id deterministically from
     /// the raft index; the TTL is raised to the configured minimum.
-    pub fn lease_grant(&mut self, index: u64, r: &LeaseGrantRequest) -> MvccResult<LeaseGrantResponse> {
+    pub fn lease_grant(
+        &mut self,
+        index: u64,
+        r: &LeaseGrantRequest,
+    ) -> MvccResult<LeaseGrantResponse> {
         self.begin(index);
         if r.ttl > MAX_LEASE_TTL {
             return Err(MvccError::LeaseTtlTooLarge);
@@ -180,14 +204,29 @@ impl<W: WriteView> KvWriter<W> {
             return Err(MvccError::LeaseExists);
         }
         let ttl = r.ttl.max(self.cfg.min_lease_ttl);
-        let l = Lease { id, ttl, remaining_ttl: 0, keys: Vec::new() };
-        self.view.put(Tree::Lease, &record_key(id), &encode_record(&l))?;
-        Ok(LeaseGrantResponse { header: ResponseHeader::at(self.state.current), id, ttl, error: String::new() })
+        let l = Lease {
+            id,
+            ttl,
+            remaining_ttl: 0,
+            keys: Vec::new(),
+        };
+        self.view
+            .put(Tree::Lease, &record_key(id), &encode_record(&l))?;
+        Ok(LeaseGrantResponse {
+            header: ResponseHeader::at(self.state.current),
+            id,
+            ttl,
+            error: String::new(),
+        })
     }
 
     /// etcd's LeaseRevoke: deletes every attached key, in key order, in one
     /// revision (none if no key is attached), then the lease.
-    pub fn lease_revoke(&mut self, index: u64, r: &LeaseRevokeRequest) -> MvccResult<LeaseRevokeResponse> {
+    pub fn lease_revoke(
+        &mut self,
+        index: u64,
+        r: &LeaseRevokeRequest,
+    ) -> MvccResult<LeaseRevokeResponse> {
         self.begin(index);
         if !self.lease_exists(r.id)? {
             return Err(MvccError::LeaseNotFound);
@@ -201,17 +240,24 @@ impl<W: WriteView> KvWriter<W> {
         }
         self.view.delete(Tree::Lease, &record_key(r.id))?;
         self.end()?;
-        Ok(LeaseRevokeResponse { header: ResponseHeader::at(self.state.current) })
+        Ok(LeaseRevokeResponse {
+            header: ResponseHeader::at(self.state.current),
+        })
     }
 
     /// etcd's LeaseCheckpoint: records remaining TTLs of existing leases
     /// (unknown ids are ignored, as in etcd).
-    pub fn lease_checkpoint(&mut self, index: u64, checkpoints: &[LeaseCheckpoint]) -> MvccResult<ResponseHeader> {
+    pub fn lease_checkpoint(
+        &mut self,
+        index: u64,
+        checkpoints: &[LeaseCheckpoint],
+    ) -> MvccResult<ResponseHeader> {
         self.begin(index);
         for c in checkpoints {
             if let Some(mut l) = get_lease(&self.view, c.id)? {
                 l.remaining_ttl = c.remaining_ttl;
-                self.view.put(Tree::Lease, &record_key(c.id), &encode_record(&l))?;
+                self.view
+                    .put(Tree::Lease, &record_key(c.id), &encode_record(&l))?;
             }
         }
         Ok(ResponseHeader::at(self.state.current))

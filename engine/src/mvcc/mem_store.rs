@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::kv::{ReadView, Store, StoreResult, Tree, WriteView};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+type OverlayIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)> + 'a>;
+type BaseIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> + 'a>;
 
 #[derive(Clone, Default)]
 struct Trees {
@@ -37,7 +39,10 @@ impl MemStore {
     /// A new store holding this one's published state, as after a restart.
     pub fn reopen(&self) -> MemStore {
         let trees = lock(&self.published).clone();
-        MemStore { published: Mutex::new(trees), writer: Mutex::new(()) }
+        MemStore {
+            published: Mutex::new(trees),
+            writer: Mutex::new(()),
+        }
     }
 }
 
@@ -145,12 +150,12 @@ impl ReadView for MemWrite<'_> {
         if empty_bounds(start, end) {
             return Ok(());
         }
-        let mut o: Box<dyn Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)>> = if reverse {
+        let mut o: OverlayIter<'_> = if reverse {
             Box::new(over.range::<[u8], _>((start, end)).rev())
         } else {
             Box::new(over.range::<[u8], _>((start, end)))
         };
-        let mut b: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = if reverse {
+        let mut b: BaseIter<'_> = if reverse {
             Box::new(base.range::<[u8], _>((start, end)).rev())
         } else {
             Box::new(base.range::<[u8], _>((start, end)))
@@ -219,7 +224,13 @@ impl WriteView for MemWrite<'_> {
     }
 
     fn commit(self) -> StoreResult<()> {
-        let MemWrite { store, base, overlay, applied_index, _writer } = self;
+        let MemWrite {
+            store,
+            base,
+            overlay,
+            applied_index,
+            _writer,
+        } = self;
         drop(base);
         let mut published = lock(&store.published);
         let trees = Arc::make_mut(&mut published);
@@ -245,14 +256,22 @@ impl Store for MemStore {
     type Write<'a> = MemWrite<'a>;
 
     fn snapshot(&self) -> MemSnapshot {
-        MemSnapshot { trees: lock(&self.published).clone() }
+        MemSnapshot {
+            trees: lock(&self.published).clone(),
+        }
     }
 
     fn begin_write(&self) -> StoreResult<MemWrite<'_>> {
         let writer = lock(&self.writer);
         let base = lock(&self.published).clone();
         let applied_index = base.applied_index;
-        Ok(MemWrite { store: self, base, overlay: Default::default(), applied_index, _writer: writer })
+        Ok(MemWrite {
+            store: self,
+            base,
+            overlay: Default::default(),
+            applied_index,
+            _writer: writer,
+        })
     }
 
     fn sync(&self) -> StoreResult<()> {
@@ -267,10 +286,16 @@ mod tests {
 
     fn collect(v: &impl ReadView, rev: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        v.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, rev, &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            true
-        })
+        v.scan(
+            Tree::Kv,
+            Bound::Unbounded,
+            Bound::Unbounded,
+            rev,
+            &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                true
+            },
+        )
         .unwrap();
         out
     }

@@ -31,7 +31,10 @@ impl Revision {
         if b.len() != REV_BYTES_LEN {
             return Err(MvccError::corrupt(format!("revision of {} bytes", b.len())));
         }
-        Ok(Revision { main: be_i64(&b[..8]), sub: be_i64(&b[8..]) })
+        Ok(Revision {
+            main: be_i64(&b[..8]),
+            sub: be_i64(&b[8..]),
+        })
     }
 }
 
@@ -53,7 +56,12 @@ mod tests {
 
     #[test]
     fn byte_order_is_revision_order() {
-        let revs = [Revision::new(1, 0), Revision::new(1, 1), Revision::new(2, 0), Revision::new(256, 3)];
+        let revs = [
+            Revision::new(1, 0),
+            Revision::new(1, 1),
+            Revision::new(2, 0),
+            Revision::new(256, 3),
+        ];
         for w in revs.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[0].to_bytes() < w[1].to_bytes());

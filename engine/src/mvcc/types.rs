@@ -18,7 +18,10 @@ pub struct ResponseHeader {
 
 impl ResponseHeader {
     pub(crate) fn at(revision: i64) -> Self {
-        ResponseHeader { revision, ..Default::default() }
+        ResponseHeader {
+            revision,
+            ..Default::default()
+        }
     }
 }
 

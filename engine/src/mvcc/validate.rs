@@ -88,13 +88,18 @@ fn check_intervals(reqs: &[RequestOp]) -> MvccResult<(HashSet<&[u8]>, Vec<Del<'_
     let mut dels: Vec<Del<'_>> = reqs
         .iter()
         .filter_map(|op| match &op.request {
-            Some(Request::RequestDeleteRange(d)) => Some(Del { begin: &d.key, end: &d.range_end }),
+            Some(Request::RequestDeleteRange(d)) => Some(Del {
+                begin: &d.key,
+                end: &d.range_end,
+            }),
             _ => None,
         })
         .collect();
     let mut puts: HashSet<&[u8]> = HashSet::new();
     for op in reqs {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -116,7 +121,9 @@ fn check_intervals(reqs: &[RequestOp]) -> MvccResult<(HashSet<&[u8]>, Vec<Del<'_
         dels.extend(dels_else);
     }
     for op in reqs {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         let k: &[u8] = &p.key;
         if puts.contains(k) || dels.iter().any(|d| d.contains(k)) {
             return Err(MvccError::DuplicateKey);

@@ -30,11 +30,19 @@ impl<R: ReadView> KvReader<R> {
         }
         let header = ResponseHeader::at(cur);
         let start = r.start_revision.max(1);
-        let end = if r.end_revision <= 0 || r.end_revision > cur { cur } else { r.end_revision };
+        let end = if r.end_revision <= 0 || r.end_revision > cur {
+            cur
+        } else {
+            r.end_revision
+        };
         let range = KeyRange::new(&r.key, &r.range_end);
         let mut events = Vec::new();
         if start > end || range.is_empty() {
-            return Ok(WatchEventsResponse { header, events, next_revision: None });
+            return Ok(WatchEventsResponse {
+                header,
+                events,
+                next_revision: None,
+            });
         }
         let ctx = self.ctx();
         let lo = Revision::new(start, 0).to_bytes();
@@ -43,49 +51,70 @@ impl<R: ReadView> KvReader<R> {
         let mut last_main = 0i64;
         let mut next_revision = None;
         let mut err = None;
-        self.view.scan(Tree::Kv, Bound::Included(&lo), Bound::Excluded(&hi), false, &mut |k, v| {
-            let step = (|| -> MvccResult<bool> {
-                let rev = Revision::from_bytes(k)?;
-                let rec = Record::decode(v)?;
-                if !range.contains(rec.key) {
-                    return Ok(true);
-                }
-                if rev.main <= compact && !survives(&ctx, rev, &rec, compact)? {
-                    return Ok(true);
-                }
-                if rev.main != last_main {
-                    if r.max_revisions > 0 && revs_seen == r.max_revisions {
-                        next_revision = Some(rev.main);
-                        return Ok(false);
+        self.view.scan(
+            Tree::Kv,
+            Bound::Included(&lo),
+            Bound::Excluded(&hi),
+            false,
+            &mut |k, v| {
+                let step = (|| -> MvccResult<bool> {
+                    let rev = Revision::from_bytes(k)?;
+                    let rec = Record::decode(v)?;
+                    if !range.contains(rec.key) {
+                        return Ok(true);
                     }
-                    revs_seen += 1;
-                    last_main = rev.main;
+                    if rev.main <= compact && !survives(&ctx, rev, &rec, compact)? {
+                        return Ok(true);
+                    }
+                    if rev.main != last_main {
+                        if r.max_revisions > 0 && revs_seen == r.max_revisions {
+                            next_revision = Some(rev.main);
+                            return Ok(false);
+                        }
+                        revs_seen += 1;
+                        last_main = rev.main;
+                    }
+                    let (ty, kv) = if rec.tombstone {
+                        (
+                            EventType::Delete,
+                            KeyValue {
+                                key: rec.key.to_vec(),
+                                mod_revision: rev.main,
+                                ..Default::default()
+                            },
+                        )
+                    } else {
+                        (EventType::Put, rec.to_key_value(rev))
+                    };
+                    let is_create = ty == EventType::Put && kv.create_revision == kv.mod_revision;
+                    let prev_kv = if r.prev_kv && !is_create && rev.main > compact {
+                        ctx.get_at(rec.key, rev.main - 1)?
+                    } else {
+                        None
+                    };
+                    events.push(Event {
+                        r#type: ty,
+                        kv,
+                        prev_kv,
+                    });
+                    Ok(true)
+                })();
+                match step {
+                    Ok(go) => go,
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
                 }
-                let (ty, kv) = if rec.tombstone {
-                    (EventType::Delete, KeyValue { key: rec.key.to_vec(), mod_revision: rev.main, ..Default::default() })
-                } else {
-                    (EventType::Put, rec.to_key_value(rev))
-                };
-                let is_create = ty == EventType::Put && kv.create_revision == kv.mod_revision;
-                let prev_kv = if r.prev_kv && !is_create && rev.main - 1 >= compact {
-                    ctx.get_at(rec.key, rev.main - 1)?
-                } else {
-                    None
-                };
-                events.push(Event { r#type: ty, kv, prev_kv });
-                Ok(true)
-            })();
-            match step {
-                Ok(go) => go,
-                Err(e) => {
-                    err = Some(e);
-                    false
-                }
-            }
-        })?;
+            },
+        )?;
         if let Some(e) = err {
             return Err(e);
         }
-        Ok(WatchEventsResponse { header, events, next_revision })
+        Ok(WatchEventsResponse {
+            header,
+            events,
+            next_revision,
+        })
     }
 }
