@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 
 use std::ops::Bound;
+use std::path::PathBuf;
+
+use ironcd_engine::btree::{Db, DbOptions};
 
 use ironcd_engine::kv::{ReadView, Store, Tree};
 use ironcd_engine::mvcc::testing::MemStore;
@@ -890,18 +893,22 @@ fn model_write(m: &mut Model, op: &Op) -> String {
 }
 
 /// One system under test: the MVCC store on some `kv::Store`.
-pub struct Sut<S: Store> {
-    pub kv: KvStore<S>,
+pub struct Sut<S: Store, Ro: Fn(S) -> S> {
+    pub kv: Option<KvStore<S>>,
     /// Steps per compaction batch; `None` = finish compaction at once.
     pub eager: bool,
     pub index: u64,
-    pub reopen: fn(&S) -> S,
+    pub reopen: Ro,
 }
 
-impl<S: Store> Sut<S> {
+impl<S: Store, Ro: Fn(S) -> S> Sut<S, Ro> {
+    fn kv(&self) -> &KvStore<S> {
+        self.kv.as_ref().unwrap()
+    }
+
     fn finish_compaction(&mut self) {
         if self.eager {
-            let mut w = self.kv.write().unwrap();
+            let mut w = self.kv().write().unwrap();
             while w.compact_step(1000).unwrap() == CompactStep::More {}
             w.commit().unwrap();
         }
@@ -913,14 +920,14 @@ impl<S: Store> Sut<S> {
         let index = self.index;
         match op {
             Op::Put(_) | Op::Delete(_) | Op::Txn(_) | Op::Grant(..) | Op::Revoke(_) => {
-                let mut w = self.kv.write().unwrap();
+                let mut w = self.kv().write().unwrap();
                 let out = store_write(&mut w, index, op);
                 let ev = w.take_events();
                 w.commit().unwrap();
                 (out, ev)
             }
             Op::Batch(ops) => {
-                let mut w = self.kv.write().unwrap();
+                let mut w = self.kv().write().unwrap();
                 let mut out = String::new();
                 for op in ops {
                     out += &store_write(&mut w, index, op);
@@ -931,7 +938,7 @@ impl<S: Store> Sut<S> {
                 (out, ev)
             }
             Op::Range(r) => {
-                let rd = self.kv.read().unwrap();
+                let rd = self.kv().read().unwrap();
                 (
                     format!(
                         "{:?}",
@@ -941,7 +948,7 @@ impl<S: Store> Sut<S> {
                 )
             }
             Op::Compact(rev) => {
-                let mut w = self.kv.write().unwrap();
+                let mut w = self.kv().write().unwrap();
                 let out = format!(
                     "{:?}",
                     e(w.compact(
@@ -957,13 +964,13 @@ impl<S: Store> Sut<S> {
                 (out, vec![])
             }
             Op::CompactStep(n) => {
-                let mut w = self.kv.write().unwrap();
+                let mut w = self.kv().write().unwrap();
                 w.compact_step(*n).unwrap();
                 w.commit().unwrap();
                 (String::new(), vec![])
             }
             Op::Checkpoint(id, r) => {
-                let mut w = self.kv.write().unwrap();
+                let mut w = self.kv().write().unwrap();
                 w.lease_checkpoint(
                     index,
                     &[LeaseCheckpoint {
@@ -976,7 +983,7 @@ impl<S: Store> Sut<S> {
                 (String::new(), vec![])
             }
             Op::Lookup(id) => {
-                let rd = self.kv.read().unwrap();
+                let rd = self.kv().read().unwrap();
                 (
                     format!(
                         "{:?} {:?}",
@@ -987,7 +994,7 @@ impl<S: Store> Sut<S> {
                 )
             }
             Op::Watch(w) => {
-                let rd = self.kv.read().unwrap();
+                let rd = self.kv().read().unwrap();
                 let c = rd.compact_revision();
                 let mut out = format!("{:?}", e(rd.watch_events(w)));
                 // Also from the compaction boundary, where prev_kv and survivors matter.
@@ -1003,8 +1010,8 @@ impl<S: Store> Sut<S> {
             }
             Op::HashKv(_) => (String::new(), vec![]),
             Op::Reopen => {
-                let s = (self.reopen)(self.kv.store());
-                self.kv = KvStore::open(s, cfg()).unwrap();
+                let s = (self.reopen)(self.kv.take().unwrap().into_store());
+                self.kv = Some(KvStore::open(s, cfg()).unwrap());
                 (String::new(), vec![])
             }
         }
@@ -1053,20 +1060,20 @@ fn model_apply(m: &mut Model, op: &Op) -> (String, Vec<Event>) {
 
 /// Runs `ops` against the model and two stores built by `make` (one
 /// compacting eagerly, one lazily), comparing every answer.
-pub(crate) fn run<S: Store>(
+fn run<S: Store>(
     ops: &[Op],
     make: impl Fn() -> S,
-    reopen: fn(&S) -> S,
+    reopen: impl Fn(S) -> S + Copy,
 ) -> Result<(), TestCaseError> {
     let mut m = Model::new(MIN_TTL);
     let mut a = Sut {
-        kv: KvStore::open(make(), cfg()).unwrap(),
+        kv: Some(KvStore::open(make(), cfg()).unwrap()),
         eager: true,
         index: 0,
         reopen,
     };
     let mut b = Sut {
-        kv: KvStore::open(make(), cfg()).unwrap(),
+        kv: Some(KvStore::open(make(), cfg()).unwrap()),
         eager: false,
         index: 0,
         reopen,
@@ -1079,7 +1086,7 @@ pub(crate) fn run<S: Store>(
         prop_assert_eq!(&got_a.1, &want.1, "events of op {} {:?}", i, op);
         prop_assert_eq!(&got_b.0, &want.0, "lazy store, op {} {:?}", i, op);
         prop_assert_eq!(&got_b.1, &want.1, "lazy store events, op {} {:?}", i, op);
-        let (ra, rb) = (a.kv.read().unwrap(), b.kv.read().unwrap());
+        let (ra, rb) = (a.kv().read().unwrap(), b.kv().read().unwrap());
         if !ra.compaction_pending() {
             // Physically, the eager store holds exactly what survives.
             let want = (0..m.hist.len())
@@ -1126,7 +1133,7 @@ pub(crate) fn run<S: Store>(
         }
     }
     // Finally every revision still readable reads the same as the model.
-    let rd = b.kv.read().unwrap();
+    let rd = b.kv().read().unwrap();
     for rev in m.compact.max(1)..=m.current {
         let r = RangeRequest {
             key: vec![0],
@@ -1149,6 +1156,61 @@ proptest! {
 
     #[test]
     fn mvcc_matches_model_on_mem_store(ops in prop::collection::vec(op(), 1..60)) {
-        run(&ops, MemStore::new, MemStore::reopen)?;
+        run(&ops, MemStore::new, |s: MemStore| s.reopen())?;
+    }
+}
+
+// ---------------------------------------------------------------- the B-tree file
+
+/// `btree::Db` plus its path, so the harness can close and reopen it.
+struct FileDb {
+    db: Db,
+    path: PathBuf,
+}
+
+impl Store for FileDb {
+    type Snapshot = <Db as Store>::Snapshot;
+    type Write<'a> = <Db as Store>::Write<'a>;
+
+    fn snapshot(&self) -> Self::Snapshot {
+        self.db.snapshot()
+    }
+
+    fn begin_write(&self) -> ironcd_engine::kv::StoreResult<Self::Write<'_>> {
+        self.db.begin_write()
+    }
+
+    fn sync(&self) -> ironcd_engine::kv::StoreResult<()> {
+        self.db.sync()
+    }
+}
+
+fn open_db(path: PathBuf) -> FileDb {
+    FileDb {
+        db: Db::open(&path, DbOptions::default()).unwrap(),
+        path,
+    }
+}
+
+/// Restart: make the published state durable, close, reopen the file.
+fn reopen_db(s: FileDb) -> FileDb {
+    s.db.sync().unwrap();
+    let path = s.path.clone();
+    drop(s);
+    open_db(path)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mvcc_matches_model_on_btree_db(ops in prop::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let n = std::cell::Cell::new(0);
+        let make = || {
+            n.set(n.get() + 1);
+            open_db(dir.path().join(format!("kv{}.db", n.get())))
+        };
+        run(&ops, make, reopen_db)?;
     }
 }

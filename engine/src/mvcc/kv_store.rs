@@ -551,6 +551,11 @@ impl<S: Store> KvStore<S> {
         &self.store
     }
 
+    /// Gives the store back (e.g. to close and reopen it).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
