@@ -80,6 +80,9 @@ impl Checker<'_> {
     /// Claims and verifies the overflow run a cell refers to; returns its data.
     fn overflow(&mut self, first: u64, len: u32) -> StoreResult<&[u8]> {
         let n = page::ovf_pages(len as usize);
+        if first < 2 || first.checked_add(n).is_none_or(|e| e > self.owner.len() as u64) {
+            return Err(corrupt(first, "overflow run outside the used pages"));
+        }
         for p in first..first + n {
             self.claim(p, Use::Tree)?;
         }

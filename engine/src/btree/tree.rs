@@ -479,7 +479,8 @@ impl TxnTrees {
 
     fn free_val(&mut self, v: Val) {
         if let Val::Ovf { page, len } = v {
-            self.freed.extend(page..page + ovf_pages(len as usize));
+            // Saturating: `page` may come from a damaged cell.
+            self.freed.extend(page..page.saturating_add(ovf_pages(len as usize)));
         }
     }
 
