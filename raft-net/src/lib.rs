@@ -1,2 +1,26 @@
-//! openraft glue (log store on the WAL, state machine on the MVCC store) and the
-//! peer transport. Built by the server and clustering issues; nothing here yet.
+//! openraft glue for ironcd, and (later) the peer transport.
+//!
+//! - [`runtime`]: [`GlommioRuntime`], openraft's `AsyncRuntime` on glommio
+//!   (tasks, timers, MPSC / watch / oneshot channels, mutex).
+//! - [`types`]: [`TypeConfig`], ironcd's openraft type configuration, and the
+//!   types it names: [`Member`] (a node's name and URLs), [`Request`] /
+//!   [`Response`] (opaque payloads), log id, vote and entry aliases.
+//! - [`codec`]: the byte encodings of entries, vote and log ids in the WAL.
+//! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` and
+//!   `RaftLogReader` on the WAL.
+//!
+//! Still to come (server and clustering issues): the state machine on the
+//! MVCC store, the peer transport (`RaftNetworkFactory`), membership and
+//! bootstrap. Design and rules: `docs/raft.md`.
+
+pub mod codec;
+pub mod log_store;
+pub mod runtime;
+pub mod types;
+
+pub use log_store::LogStore;
+pub use runtime::GlommioRuntime;
+pub use types::{Entry, EntryPayload, LogId, Member, Membership, Raft, Request, Response, TypeConfig, Vote};
+
+/// Re-exported so users name the same openraft as this crate.
+pub use openraft;
