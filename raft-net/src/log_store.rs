@@ -123,7 +123,7 @@ impl<I: WalIo> LogStore<I> {
             }
         };
         let last = match self.wal.last_index() {
-            None => purged.clone(),
+            None => purged,
             Some(index) => {
                 let data = self.wal.entry(index).ok_or_else(|| {
                     io::Error::other(format!("WAL reports last index {index} but holds no entry there"))
