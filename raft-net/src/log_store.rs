@@ -26,7 +26,6 @@
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::task::Poll;
 
 use bytes::Bytes;
 use ironcd_engine::wal::{DmaIo, Wal, WalError, WalIo, WalOptions};
@@ -207,25 +206,9 @@ impl<I: WalIo> RaftLogStorage<TypeConfig> for LogStore<I> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
-        let wal = self.wal.clone();
-        let blob = codec::encode_committed(committed.as_ref());
-        let mut fut = Box::pin(async move { wal.save_committed(blob).await });
-        // The first poll updates the WAL's state and enqueues the record;
-        // the rest only waits for the sync, which nobody needs to wait for.
-        match futures_util::poll!(fut.as_mut()) {
-            Poll::Ready(r) => r.map_err(wal_err),
-            Poll::Pending => {
-                glommio::spawn_local(async move {
-                    if let Err(e) = fut.await {
-                        // The WAL is poisoned now: the next append or vote fails
-                        // and openraft stops with a storage error.
-                        tracing::error!("saving the committed log id failed: {e}");
-                    }
-                })
-                .detach();
-                Ok(())
-            }
-        }
+        // Queued in order with everything else, durable with the next batch;
+        // not awaited (see the module docs).
+        self.wal.set_committed(codec::encode_committed(committed.as_ref())).map_err(wal_err)
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {

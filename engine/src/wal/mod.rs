@@ -137,7 +137,18 @@ struct Inner<I: WalIo> {
     state: RefCell<LogState>,
     queue: RefCell<Queue>,
     stats: Cell<WalStats>,
-    writer: RefCell<Option<glommio::Task<()>>>,
+    /// Fired by the writer task when it exits; `close()` waits for it.
+    writer_done: RefCell<Option<oneshot::Sender<()>>>,
+    writer_exited: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+impl<I: WalIo> Drop for Inner<I> {
+    fn drop(&mut self) {
+        // The last handle is gone: let the parked writer notice and exit.
+        if let Some(w) = self.queue.get_mut().waker.take() {
+            w.wake();
+        }
+    }
 }
 
 /// A write-ahead log directory, open. Cloning gives another handle to the
@@ -172,6 +183,7 @@ impl<I: WalIo> Wal<I> {
         let dir = dir.as_ref().to_path_buf();
         let rec = recovery::recover(&io, &dir).await?;
         let state = rec.state.clone();
+        let (done_tx, done_rx) = oneshot::channel();
         let inner = Rc::new(Inner {
             io,
             dir,
@@ -179,10 +191,11 @@ impl<I: WalIo> Wal<I> {
             state: RefCell::new(rec.state),
             queue: RefCell::new(Queue::default()),
             stats: Cell::new(WalStats::default()),
-            writer: RefCell::new(None),
+            writer_done: RefCell::new(Some(done_tx)),
+            writer_exited: RefCell::new(Some(done_rx)),
         });
         let writer = writer::Writer::start(inner.clone(), &state, rec.segments, rec.tail).await?;
-        *inner.writer.borrow_mut() = Some(glommio::spawn_local(writer.run()));
+        glommio::spawn_local(writer.run()).detach();
         Ok(Wal { inner })
     }
 
@@ -254,6 +267,18 @@ impl<I: WalIo> Wal<I> {
         self.submit(vec![Rec::Committed(committed)]).await
     }
 
+    /// Queues the committed log id without waiting: it becomes durable with
+    /// the next batch, in order with every other operation. openraft awaits
+    /// `save_committed` before applying, so waiting here would add a sync to
+    /// every commit; a committed id that is lost in a crash is re-learned.
+    pub fn set_committed(&self, committed: Bytes) -> Result<(), WalError> {
+        check_meta(&committed)?;
+        self.check_open()?;
+        self.inner.state.borrow_mut().committed = Some(committed.clone());
+        self.enqueue(vec![Rec::Committed(committed)], Box::new(|_| {}));
+        Ok(())
+    }
+
     /// Removes every entry with index ≥ `from`; resolved once durable.
     pub async fn truncate(&self, from: u64) -> Result<(), WalError> {
         self.check_open()?;
@@ -287,9 +312,9 @@ impl<I: WalIo> Wal<I> {
                 w.wake();
             }
         }
-        let task = self.inner.writer.borrow_mut().take();
-        if let Some(t) = task {
-            t.await;
+        let exited = self.inner.writer_exited.borrow_mut().take();
+        if let Some(rx) = exited {
+            let _ = rx.await;
         }
         match barrier {
             Err(WalError::Closed) => Ok(()),

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::Poll;
 use std::time::Instant;
 
@@ -104,7 +104,9 @@ impl Written {
 }
 
 pub(crate) struct Writer<I: WalIo> {
-    inner: Rc<Inner<I>>,
+    /// Weak, so a log dropped without `close()` frees its state; the writer
+    /// then finds nothing to upgrade and exits (Inner's drop wakes it).
+    inner: Weak<Inner<I>>,
     file: I::File,
     /// Every live segment, oldest first; the last is `file`.
     segments: VecDeque<SegmentInfo>,
@@ -139,7 +141,7 @@ impl<I: WalIo> Writer<I> {
                 let file =
                     inner.io.open(&last.path).await.map_err(|e| WalError::io(format!("opening {}", last.path.display()), e))?;
                 Ok(Writer {
-                    inner,
+                    inner: Rc::downgrade(&inner),
                     file,
                     segments: segments.into(),
                     salt: tail.salt,
@@ -158,7 +160,7 @@ impl<I: WalIo> Writer<I> {
                 let first = written.next.unwrap_or(0);
                 let (info, salt) = install(&inner, tmp, &file, 0, first, 0).await?;
                 Ok(Writer {
-                    inner,
+                    inner: Rc::downgrade(&inner),
                     file,
                     segments: VecDeque::from([info]),
                     salt,
@@ -176,8 +178,9 @@ impl<I: WalIo> Writer<I> {
 
     pub async fn run(mut self) {
         loop {
-            let inner = self.inner.clone();
+            let weak = self.inner.clone();
             let work = poll_fn(|cx| {
+                let Some(inner) = weak.upgrade() else { return Poll::Ready(false) };
                 let mut q = inner.queue.borrow_mut();
                 if !q.items.is_empty() {
                     Poll::Ready(true)
@@ -189,11 +192,9 @@ impl<I: WalIo> Writer<I> {
                 }
             })
             .await;
-            if !work {
-                break;
-            }
-            if let Err(e) = self.flush_once().await {
-                self.poison(e);
+            let Some(inner) = self.inner.upgrade().filter(|_| work) else { break };
+            if let Err(e) = self.flush_once(&inner).await {
+                self.poison(&inner, e);
                 break;
             }
         }
@@ -201,13 +202,18 @@ impl<I: WalIo> Writer<I> {
             // Let an in-flight zero-fill finish rather than leave the file half-written.
             let _ = t.await;
         }
+        if let Some(inner) = self.inner.upgrade() {
+            if let Some(tx) = inner.writer_done.borrow_mut().take() {
+                let _ = tx.send(());
+            }
+        }
     }
 
     /// Fails everything queued and refuses later operations.
-    fn poison(&mut self, err: WalError) {
+    fn poison(&mut self, inner: &Inner<I>, err: WalError) {
         tracing::error!(error = %err, "WAL write failed; refusing further writes until reopened");
         let items: Vec<Item> = {
-            let mut q = self.inner.queue.borrow_mut();
+            let mut q = inner.queue.borrow_mut();
             q.failed = Some(err.to_string());
             q.items.drain(..).collect()
         };
@@ -219,13 +225,13 @@ impl<I: WalIo> Writer<I> {
     }
 
     /// Writes and syncs one batch (or rolls over to a new segment).
-    async fn flush_once(&mut self) -> Result<(), WalError> {
+    async fn flush_once(&mut self, inner: &Rc<Inner<I>>) -> Result<(), WalError> {
         let size = self.segments.back().map_or(0, |s| s.size);
         let room = size - self.pos;
-        let max = self.inner.opts.max_batch_bytes;
+        let max = inner.opts.max_batch_bytes;
         let mut len = BATCH_HEADER_LEN + self.restate.iter().map(Rec::encoded_len).sum::<usize>();
         let mut n = 0;
-        for item in self.inner.queue.borrow().items.iter() {
+        for item in inner.queue.borrow().items.iter() {
             let l = item.rec.encoded_len();
             let fits = align_up((len + l) as u64) <= room;
             if !fits || (n > 0 && len + l > max) {
@@ -237,9 +243,9 @@ impl<I: WalIo> Writer<I> {
         if n == 0 {
             // The first queued record does not fit: entries are at most half
             // a segment, so it fits in the next one.
-            return self.rollover().await;
+            return self.rollover(inner).await;
         }
-        let items: Vec<Item> = self.inner.queue.borrow_mut().items.drain(..n).collect();
+        let items: Vec<Item> = inner.queue.borrow_mut().items.drain(..n).collect();
         let padded = align_up(len as u64) as usize;
         let mut buf = self.file.alloc(padded);
         let out = buf.as_mut();
@@ -277,18 +283,18 @@ impl<I: WalIo> Writer<I> {
             return Err(e);
         }
         let took = t.elapsed();
-        if took > self.inner.opts.slow_sync {
-            tracing::warn!(took = ?took, expected_duration = ?self.inner.opts.slow_sync, "slow fdatasync");
+        if took > inner.opts.slow_sync {
+            tracing::warn!(took = ?took, expected_duration = ?inner.opts.slow_sync, "slow fdatasync");
         }
         self.pos += padded as u64;
         self.next_batch += 1;
-        let mut st = self.inner.stats.get();
+        let mut st = inner.stats.get();
         st.batches += 1;
         st.syncs += 1;
         st.entries += entries;
         st.bytes += padded as u64;
         st.sync_nanos += took.as_nanos() as u64;
-        self.inner.stats.set(st);
+        inner.stats.set(st);
 
         for item in items {
             if let Some(done) = item.done {
@@ -296,44 +302,44 @@ impl<I: WalIo> Writer<I> {
             }
         }
         if purged {
-            self.delete_purged().await;
+            self.delete_purged(inner).await;
         }
         if self.pos >= size / 2 && self.recycled.is_empty() && self.zeroing.is_none() {
-            self.start_zeroing();
+            self.start_zeroing(inner);
         }
         Ok(())
     }
 
     /// Starts the next segment: a spare gets its header (synced), then its
     /// final name (directory synced). Only then is anything written into it.
-    async fn rollover(&mut self) -> Result<(), WalError> {
+    async fn rollover(&mut self, inner: &Inner<I>) -> Result<(), WalError> {
         let (tmp, file) = match self.recycled.pop() {
             Some(tmp) => {
-                let f = self.inner.io.open(&tmp).await.map_err(|e| WalError::io(format!("opening {}", tmp.display()), e))?;
+                let f = inner.io.open(&tmp).await.map_err(|e| WalError::io(format!("opening {}", tmp.display()), e))?;
                 (tmp, f)
             }
             None => match self.zeroing.take() {
                 Some(task) => task.await.map_err(|e| WalError::io("zero-filling a spare segment", e))?,
-                None => make_spare(&self.inner, &mut self.spare_counter).await?,
+                None => make_spare(inner, &mut self.spare_counter).await?,
             },
         };
         let seq = self.segments.back().map_or(0, |s| s.seq + 1);
         let first = self.written.next.unwrap_or(0);
-        let (info, salt) = install(&self.inner, tmp, &file, seq, first, self.next_batch).await?;
+        let (info, salt) = install(inner, tmp, &file, seq, first, self.next_batch).await?;
         self.file = file;
         self.salt = salt;
         self.pos = BLOCK;
         self.segments.push_back(info);
         self.restate = self.written.restatement();
-        let mut st = self.inner.stats.get();
+        let mut st = inner.stats.get();
         st.syncs += 1;
         st.rollovers += 1;
-        self.inner.stats.set(st);
+        inner.stats.set(st);
         Ok(())
     }
 
-    fn start_zeroing(&mut self) {
-        let inner = self.inner.clone();
+    fn start_zeroing(&mut self, inner: &Rc<Inner<I>>) {
+        let inner = inner.clone();
         let n = self.spare_counter;
         self.spare_counter += 1;
         self.zeroing = Some(glommio::spawn_local(async move {
@@ -346,15 +352,15 @@ impl<I: WalIo> Writer<I> {
     /// Recycles or deletes the oldest segments once every entry in them is
     /// purged. Runs after the purge record is durable; the hard state is
     /// restated at the start of each later segment, so nothing needed is lost.
-    async fn delete_purged(&mut self) {
+    async fn delete_purged(&mut self, inner: &Inner<I>) {
         let Some((p, _)) = self.written.purged.clone() else { return };
         let mut changed = false;
         while self.segments.len() >= 2 && self.segments[1].first_index <= p.saturating_add(1) {
             let Some(seg) = self.segments.pop_front() else { break };
             changed = true;
-            let io = &self.inner.io;
-            let res = if seg.size == self.inner.opts.segment_size && self.recycled.is_empty() && self.zeroing.is_none() {
-                let tmp = self.inner.dir.join(format!("spare-{}.tmp", self.spare_counter));
+            let io = &inner.io;
+            let res = if seg.size == inner.opts.segment_size && self.recycled.is_empty() && self.zeroing.is_none() {
+                let tmp = inner.dir.join(format!("spare-{}.tmp", self.spare_counter));
                 self.spare_counter += 1;
                 let r = io.rename(&seg.path, &tmp).await;
                 if r.is_ok() {
@@ -371,7 +377,7 @@ impl<I: WalIo> Writer<I> {
             }
         }
         if changed {
-            if let Err(e) = self.inner.io.sync_dir(&self.inner.dir).await {
+            if let Err(e) = inner.io.sync_dir(&inner.dir).await {
                 tracing::warn!(error = %e, "could not sync the WAL directory after purging");
             }
         }
