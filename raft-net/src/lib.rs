@@ -4,7 +4,7 @@
 //!   (tasks, timers, MPSC / watch / oneshot channels, mutex).
 //! - [`types`]: [`TypeConfig`], ironcd's openraft type configuration, and the
 //!   types it names: [`Member`] (a node's name and URLs), [`Request`] /
-//!   [`Response`] (opaque payloads), log id, vote and entry aliases.
+//!   [`Response`] (opaque request bytes; type-erased apply results), log id, vote and entry aliases.
 //! - [`codec`]: the byte encodings of entries, vote and log ids in the WAL.
 //! - [`log_store`]: [`LogStore`], openraft's `RaftLogStorage` and
 //!   `RaftLogReader` on the WAL.

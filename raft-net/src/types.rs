@@ -77,8 +77,27 @@ fn fmt_bytes(f: &mut fmt::Formatter<'_>, kind: &str, b: &Bytes) -> fmt::Result {
 pub struct Request(pub Bytes);
 
 /// The state machine's opaque answer to a [`Request`].
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Response(pub Bytes);
+/// What applying a request produced, handed back to the proposer unencoded
+/// (it never leaves the member): the state machine puts its own result type
+/// in, the proposer takes it out with [`Response::take`].
+pub struct Response(Box<dyn std::any::Any>);
+
+impl Response {
+    pub fn new<T: 'static>(value: T) -> Response {
+        Response(Box::new(value))
+    }
+
+    /// The value, if it is a `T`.
+    pub fn take<T: 'static>(self) -> Option<T> {
+        self.0.downcast::<T>().ok().map(|b| *b)
+    }
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response::new(())
+    }
+}
 
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,13 +113,13 @@ impl fmt::Display for Request {
 
 impl fmt::Debug for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_bytes(f, "Response", &self.0)
+        f.write_str("Response(..)")
     }
 }
 
 impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_bytes(f, "Response", &self.0)
+        f.write_str("Response(..)")
     }
 }
 
@@ -116,14 +135,3 @@ impl From<Vec<u8>> for Request {
     }
 }
 
-impl From<Bytes> for Response {
-    fn from(b: Bytes) -> Self {
-        Response(b)
-    }
-}
-
-impl From<Vec<u8>> for Response {
-    fn from(b: Vec<u8>) -> Self {
-        Response(Bytes::from(b))
-    }
-}

@@ -119,14 +119,14 @@ async fn first_life(dir: &Path) -> Before {
     let mut last_index = 0;
     for i in 0..60 {
         let resp = raft.client_write(Request(request(i))).await.unwrap();
-        assert_eq!(resp.data.0, request(i), "the fixture echoes the request");
+        assert_eq!(resp.data.take::<Bytes>(), Some(request(i)), "the fixture echoes the request");
         assert!(resp.log_id.index > last_index);
         last_index = resp.log_id.index;
     }
     let batches_before = store.wal().stats().batches;
     let resps = join_all((60..100).map(|i| raft.client_write(Request(request(i))))).await;
     for (i, r) in (60..100).zip(resps) {
-        assert_eq!(r.unwrap().data.0, request(i));
+        assert_eq!(r.unwrap().data.take::<Bytes>(), Some(request(i)));
     }
     let concurrent_batches = store.wal().stats().batches - batches_before;
     println!("40 concurrent writes: {concurrent_batches} WAL batches");

@@ -77,7 +77,7 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
                     EntryPayload::Blank => Response::default(),
                     EntryPayload::Normal(req) => {
                         st.applied.push((entry.log_id.index, req.0.clone()));
-                        Response(req.0)
+                        Response::new(req.0)
                     }
                     EntryPayload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(entry.log_id), m);
