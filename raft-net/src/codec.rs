@@ -308,6 +308,45 @@ fn decode_membership(r: &mut Reader<'_>) -> Result<Membership, CodecError> {
     Membership::new(configs, nodes).map_err(|e| r.err(format!("invalid membership: {e}")))
 }
 
+/// Encodes what a state machine must remember about raft: its last
+/// applied log id and the membership in force with the log id that set it.
+pub fn encode_applied_state(applied: Option<&LogId>, membership_log_id: Option<&LogId>, m: &Membership) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_u8(VERSION);
+    for l in [applied, membership_log_id] {
+        match l {
+            None => buf.put_u8(0),
+            Some(l) => {
+                buf.put_u8(1);
+                buf.put_u64_le(l.leader_id.term);
+                buf.put_u64_le(l.index);
+            }
+        }
+    }
+    encode_membership(&mut buf, m);
+    buf.freeze()
+}
+
+/// The state machine's raft bookkeeping: (applied, membership log id, membership).
+pub type AppliedState = (Option<LogId>, Option<LogId>, Membership);
+
+/// Decodes [`encode_applied_state`]'s output.
+pub fn decode_applied_state(data: &[u8]) -> Result<AppliedState, CodecError> {
+    let mut r = Reader::new("applied state", data);
+    r.version()?;
+    let mut ids = [None, None];
+    for id in &mut ids {
+        if r.bool()? {
+            let term = r.u64()?;
+            let index = r.u64()?;
+            *id = Some(log_id(term, index));
+        }
+    }
+    let m = decode_membership(&mut r)?;
+    r.end()?;
+    Ok((ids[0], ids[1], m))
+}
+
 /// Decodes the vote.
 pub fn decode_vote(data: &[u8]) -> Result<Vote, CodecError> {
     let mut r = Reader::new("vote", data);
@@ -400,6 +439,12 @@ mod tests {
         assert_eq!(decode_log_id(&encode_log_id(&l)).unwrap(), l);
         assert_eq!(decode_committed(&encode_committed(Some(&l))).unwrap(), Some(l));
         assert_eq!(decode_committed(&encode_committed(None)).unwrap(), None);
+        let EntryPayload::Membership(m) = entries()[3].payload.clone() else { panic!() };
+        let b = encode_applied_state(Some(&l), None, &m);
+        assert_eq!(decode_applied_state(&b).unwrap(), (Some(l), None, m.clone()));
+        for n in 0..b.len() {
+            assert!(decode_applied_state(&b[..n]).is_err());
+        }
     }
 
     /// Every prefix and every single-byte corruption of every encoding

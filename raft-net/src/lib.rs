@@ -15,10 +15,12 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
 pub mod runtime;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use network::NoPeers;
 pub use runtime::GlommioRuntime;
 pub use types::{Entry, EntryPayload, LogId, Member, Membership, Raft, Request, Response, TypeConfig, Vote};
 

@@ -15,58 +15,11 @@ use common::{MemStateMachine, SnapData};
 use futures_util::future::join_all;
 use ironcd_engine::wal::WalOptions;
 use ironcd_raft_net::types::Raft;
-use ironcd_raft_net::{EntryPayload, LogId, LogStore, Member, Request, TypeConfig, Vote};
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::storage::{RaftLogStorage, Snapshot};
-use openraft::{Config, RaftLogReader, RaftNetworkV2, ServerState};
+use ironcd_raft_net::{EntryPayload, LogId, LogStore, Member, Request, Vote};
+use openraft::storage::RaftLogStorage;
+use openraft::{Config, RaftLogReader, ServerState};
 
-/// A single node never talks to peers; any attempt is a test failure
-/// reported as unreachable.
-struct NoNetwork;
-
-impl RaftNetworkFactory<TypeConfig> for NoNetwork {
-    type Network = NoNetwork;
-
-    async fn new_client(&mut self, _target: u64, _node: &Member) -> NoNetwork {
-        NoNetwork
-    }
-}
-
-fn unreachable() -> Unreachable<TypeConfig> {
-    Unreachable::from_string("single-node test has no peers")
-}
-
-impl RaftNetworkV2<TypeConfig> for NoNetwork {
-    type SnapshotData = SnapData;
-
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(unreachable()))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        _vote: Vote,
-        _snapshot: Snapshot<ironcd_raft_net::types::CommittedLeaderId, u64, Member, SnapData>,
-        _cancel: impl std::future::Future<Output = ReplicationClosed> + 'static,
-        _option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(unreachable()))
-    }
-}
+type NoNetwork = ironcd_raft_net::NoPeers<SnapData>;
 
 fn config() -> Arc<Config> {
     let c = Config {
@@ -111,7 +64,7 @@ struct Before {
 async fn first_life(dir: &Path) -> Before {
     let store = LogStore::open_dir(dir, opts()).await.unwrap();
     let sm = MemStateMachine::default();
-    let raft: Raft<MemStateMachine> = Raft::new(1, config(), NoNetwork, store.clone(), sm.clone()).await.unwrap();
+    let raft: Raft<MemStateMachine> = Raft::new(1, config(), NoNetwork::default(), store.clone(), sm.clone()).await.unwrap();
     raft.initialize(BTreeMap::from([(1u64, member())])).await.unwrap();
     raft.wait(Some(Duration::from_secs(10))).state(ServerState::Leader, "becomes leader").await.unwrap();
 
@@ -174,7 +127,7 @@ async fn second_life(dir: &Path, before: Before) {
     // Raft restarts on the recovered log with an empty state machine and
     // re-applies everything.
     let sm = MemStateMachine::default();
-    let raft: Raft<MemStateMachine> = Raft::new(1, config(), NoNetwork, store.clone(), sm.clone()).await.unwrap();
+    let raft: Raft<MemStateMachine> = Raft::new(1, config(), NoNetwork::default(), store.clone(), sm.clone()).await.unwrap();
     raft.wait(Some(Duration::from_secs(10))).state(ServerState::Leader, "leader again").await.unwrap();
     let resp = raft.client_write(Request(request(100))).await.unwrap();
     assert!(resp.log_id.index > before.last.index);
