@@ -487,3 +487,24 @@ fn second_process_is_locked_out() {
     let err = Db::open(&path, DbOptions::default()).err().unwrap();
     assert!(err.to_string().contains("locked"), "{err}");
 }
+
+/// Pages written after the last sync and freed again before the next one
+/// are reused without waiting for a sync: the file plateaus with no sync.
+#[test]
+fn file_size_plateaus_between_syncs() {
+    let io = Arc::new(FaultIo::new());
+    let db = Db::open_with_io(io, opts()).unwrap();
+    overwrite_round(&db, 0, 3000);
+    db.sync().unwrap();
+    for round in 1..40 {
+        overwrite_round(&db, round, 3000);
+    }
+    let a = db.stats().unwrap().high_water;
+    for round in 40..120 {
+        overwrite_round(&db, round, 3000);
+    }
+    let s = db.stats().unwrap();
+    assert_eq!(s.high_water, a, "{s:?}");
+    db.sync().unwrap();
+    db.check().unwrap();
+}

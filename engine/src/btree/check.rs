@@ -1,7 +1,7 @@
 //! The consistency check (`Db::check`): page accounting, checksums, key
 //! order and uniform depth. Reads every reachable page; O(file size).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use super::page::{self, corrupt, NodePage, Ref, PS};
 use super::pager::Mapped;
@@ -36,7 +36,7 @@ pub(crate) struct Input<'a> {
     pub roots: &'a [u64; Tree::COUNT],
     pub hwm: u64,
     pub free: &'a BTreeSet<u64>,
-    pub pending: &'a BTreeMap<u64, Vec<u64>>,
+    pub pending: &'a [u64],
     pub freelist_pages: &'a [u64],
 }
 
@@ -182,7 +182,7 @@ pub(crate) fn check(map: &Mapped, input: Input<'_>) -> StoreResult<CheckReport> 
         c.claim(p, Use::Free)?;
         c.report.free_pages += 1;
     }
-    for &p in input.pending.values().flatten() {
+    for &p in input.pending {
         c.claim(p, Use::Pending)?;
         c.report.pending_pages += 1;
     }

@@ -10,9 +10,11 @@
 //!   holding the durable meta, `fdatasync`.
 //!
 //! Reuse rule: pages freed by transaction T are reused only once every live
-//! snapshot has a txid >= T and a meta with txid >= T is durable.
+//! snapshot has a txid >= T and either a meta with txid >= T is durable or
+//! the page was allocated after the newest durable meta (which therefore
+//! cannot reach it).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -21,7 +23,7 @@ use super::check::{self, CheckReport};
 use super::io::{FileIo, PageIo};
 use super::page::{
     decode_freelist, decode_meta, encode_freelist, encode_meta, Meta, MetaError, FREELIST_RUNS_PER_PAGE,
-    MAX_KEY_LEN, MAX_VALUE_LEN, PAGE_SIZE, PS,
+    MAX_KEY_LEN, MAX_VALUE_LEN, PS,
 };
 use super::pager::Mapped;
 use super::tree::{Alloc, Child, Ctx, TxnTrees};
@@ -129,8 +131,14 @@ struct WriterState {
     free_loaded: bool,
     /// Pages ready for reuse.
     free: BTreeSet<u64>,
-    /// Pages freed by each transaction, not yet reusable.
+    /// Pages freed by each transaction, not yet reusable, that the durable
+    /// meta may reach: they wait for readers and for a newer durable meta.
     pending: BTreeMap<u64, Vec<u64>>,
+    /// Pages freed by each transaction that were allocated after the durable
+    /// meta: they wait for readers only.
+    pending_fresh: BTreeMap<u64, Vec<u64>>,
+    /// Pages allocated since the newest durable meta.
+    fresh: HashSet<u64>,
     /// The newest durable meta, its slot (page 0 or 1) and its freelist pages.
     durable: Meta,
     durable_slot: u64,
@@ -184,13 +192,19 @@ impl WriterState {
             self.versions.pop_front();
         }
         let oldest = self.versions.front().map_or(u64::MAX, |(t, _)| *t);
-        let limit = oldest.min(self.durable.txid);
-        while let Some(e) = self.pending.first_entry() {
-            if *e.key() > limit {
-                break;
+        for (map, limit) in [(&mut self.pending, oldest.min(self.durable.txid)), (&mut self.pending_fresh, oldest)] {
+            while let Some(e) = map.first_entry() {
+                if *e.key() > limit {
+                    break;
+                }
+                self.free.extend(e.remove());
             }
-            self.free.extend(e.remove());
         }
+    }
+
+    /// Every freed page not yet reusable.
+    fn all_pending(&self) -> impl Iterator<Item = &u64> {
+        self.pending.values().flatten().chain(self.pending_fresh.values().flatten())
     }
 }
 
@@ -272,6 +286,8 @@ impl Db {
             free_loaded: false,
             free: BTreeSet::new(),
             pending: BTreeMap::new(),
+            pending_fresh: BTreeMap::new(),
+            fresh: HashSet::new(),
             durable: meta,
             durable_slot: slot,
             freelist_pages: Vec::new(),
@@ -377,35 +393,14 @@ impl Db {
         Ok(())
     }
 
-    /// `pwrite`s encoded pages, coalescing adjacent runs.
+    /// Writes encoded pages (each a page or an overflow run) in file order.
     fn write_pages(&self, g: &mut WriterState, out: &mut [(u64, Vec<u8>)]) -> StoreResult<()> {
         self.ensure_len(g, g.hwm * PS)?;
         out.sort_unstable_by_key(|(p, _)| *p);
-        let mut buf = Vec::new();
-        let mut i = 0;
-        while i < out.len() {
-            let start = out[i].0;
-            let mut end = start + (out[i].1.len() / PAGE_SIZE) as u64;
-            let mut j = i + 1;
-            while j < out.len() && out[j].0 == end && buf.len() < (8 << 20) {
-                end += (out[j].1.len() / PAGE_SIZE) as u64;
-                j += 1;
-            }
-            let data: &[u8] = if j == i + 1 {
-                &out[i].1
-            } else {
-                buf.clear();
-                for (_, d) in &out[i..j] {
-                    buf.extend_from_slice(d);
-                }
-                &buf
-            };
+        for (p, data) in out.iter() {
             self.io
-                .write_at(start * PS, data)
-                .map_err(io_err(format!("writing pages {start}..{end} of {}", self.name)))?;
-            i = j;
-        }
-        for (p, _) in out.iter() {
+                .write_at(p * PS, data)
+                .map_err(io_err(format!("writing page {p} of {}", self.name)))?;
             g.map.mark_verified(*p);
         }
         Ok(())
@@ -417,7 +412,7 @@ impl Db {
         let mut list: Vec<u64> = g
             .free
             .iter()
-            .chain(g.pending.values().flatten())
+            .chain(g.all_pending())
             .chain(&g.freelist_pages)
             .copied()
             .collect();
@@ -469,6 +464,7 @@ impl Db {
         g.free.extend(old);
         g.durable = meta;
         g.durable_slot = slot;
+        g.fresh.clear();
         g.promote();
         Ok(())
     }
@@ -494,7 +490,7 @@ impl Db {
                 roots: &cur.roots,
                 hwm: g.hwm,
                 free: &g.free,
-                pending: &g.pending,
+                pending: &g.all_pending().copied().collect::<Vec<_>>(),
                 freelist_pages: &g.freelist_pages,
             },
         )
@@ -511,7 +507,7 @@ impl Db {
             file_len: g.file_len,
             high_water: g.hwm,
             free_pages: g.free.len() as u64,
-            pending_pages: g.pending.values().map(|v| v.len() as u64).sum(),
+            pending_pages: g.all_pending().count() as u64,
         })
     }
 
@@ -636,7 +632,11 @@ impl WriteView for WriteTxn<'_> {
         let mut out = Vec::new();
         let mut alloc = TxAlloc { g: &mut g, taken: Vec::new() };
         let roots = match trees.finish(&mut alloc, txid, &mut out) {
-            Ok(r) => r,
+            Ok(r) => {
+                let taken = std::mem::take(&mut alloc.taken);
+                g.fresh.extend(taken.into_iter().flat_map(|(p, n)| p..p + n));
+                r
+            }
             Err(e) => {
                 // Nothing was written: hand the pages back.
                 let taken = std::mem::take(&mut alloc.taken);
@@ -651,7 +651,9 @@ impl WriteView for WriteTxn<'_> {
             g.poisoned = Some(e.to_string());
             return Err(e);
         }
-        g.pending.entry(txid).or_default().append(&mut trees.freed);
+        let (fresh, old): (Vec<u64>, Vec<u64>) = trees.freed.iter().partition(|p| g.fresh.remove(p));
+        g.pending.entry(txid).or_default().extend(old);
+        g.pending_fresh.entry(txid).or_default().extend(fresh);
         let v = Arc::new(Version { txid, applied, roots, map: g.map.clone() });
         g.versions.push_back((txid, Arc::downgrade(&v)));
         *db.current.lock().unwrap_or_else(|e| e.into_inner()) = v;
