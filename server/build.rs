@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_protos(
-            &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto"],
+            &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/ironcd_internal.proto"],
             &["proto"],
         )?;
     Ok(())

@@ -1,21 +1,38 @@
-//! The `ironcd` binary: parses etcd's flags and serves the etcd v3 gRPC API
-//! on glommio executors.
-//!
-//! State: the transport serves every etcd v3 service, and every RPC answers
-//! `Unimplemented` until the server issue wires the services to raft and the
-//! MVCC store (see README.md).
+//! The `ironcd` binary: parses etcd's flags, opens the member's WAL and
+//! store, starts its raft group and serves the etcd v3 gRPC API on a glommio
+//! executor. Threading and data flow: `docs/server.md`.
 
 mod config;
+mod convert;
+mod error;
+mod etcd_server;
+mod membership;
 mod pb;
+mod state_machine;
 mod transport;
 mod v3rpc;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
+use ironcd_engine::btree::{Db, DbOptions};
+use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
+use ironcd_engine::mvcc::{self, KvStore};
+use ironcd_engine::wal::WalOptions;
+use ironcd_raft_net::{LogStore, Member, NoPeers};
+use openraft::SnapshotPolicy;
 
 use crate::config::{Config, ETCD_VERSION};
+use crate::etcd_server::{EtcdServer, MemberRaft};
+use crate::membership::InitialMember;
+use crate::state_machine::{StateMachine, StoreSnapshot};
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
@@ -44,41 +61,199 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("{level},glommio=warn")))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("{level},glommio=warn,openraft=warn")))
         .init();
 }
 
+/// Who this member is, from the flags (checked against the data dir later).
+struct Identity {
+    member_id: u64,
+    cluster_id: u64,
+    members: Vec<InitialMember>,
+}
+
+fn identity(cfg: &Config) -> Result<Identity, String> {
+    let members = membership::parse_initial_cluster(&cfg.initial_cluster(), &cfg.initial_cluster_token)?;
+    let me = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .ok_or_else(|| format!("couldn't find local name {:?} in the initial cluster configuration", cfg.name))?;
+    let mut mine = me.peer_urls.clone();
+    mine.sort();
+    let mut advertised = cfg.initial_advertise_peer_urls.clone();
+    advertised.sort();
+    if mine != advertised {
+        return Err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            cfg.name,
+            me.peer_urls.join(","),
+            cfg.initial_advertise_peer_urls.join(",")
+        ));
+    }
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    Ok(Identity { member_id: me.id, cluster_id: membership::cluster_id(&ids), members })
+}
+
+/// Refuses a data dir written by etcd: ironcd never reads or touches etcd's files.
+fn refuse_etcd_data_dir(dir: &Path) -> Result<(), String> {
+    if dir.join("member").join("snap").exists() {
+        return Err(format!(
+            "{} holds an etcd data directory (member/snap); ironcd does not read or modify etcd's files: \
+             start ironcd with another --data-dir",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+const IDENTITY_KEY: &[u8] = b"ironcd/identity";
+
+/// Records the member and cluster IDs in a new store; refuses a store that
+/// belongs to another member or cluster.
+fn check_identity(db: &Db, id: &Identity, cfg: &Config, data_dir: &Path) -> Result<(), String> {
+    let snap = db.snapshot();
+    let stored = snap.get(Tree::Meta, IDENTITY_KEY).map_err(|e| e.to_string())?.map(<[u8]>::to_vec);
+    match stored {
+        Some(b) if b.len() >= 16 => {
+            let member = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
+            let cluster = u64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+            let name = String::from_utf8_lossy(&b[16..]).into_owned();
+            if member != id.member_id || cluster != id.cluster_id {
+                return Err(format!(
+                    "data dir {} belongs to member {member:x} ({name:?}) of cluster {cluster:x}, but the flags \
+                     describe member {:x} ({:?}) of cluster {:x}: check --name, --initial-advertise-peer-urls, \
+                     --initial-cluster and --initial-cluster-token, or use another --data-dir",
+                    data_dir.display(),
+                    id.member_id,
+                    cfg.name,
+                    id.cluster_id
+                ));
+            }
+            Ok(())
+        }
+        Some(_) => Err(format!("data dir {}: the member identity record is corrupt", data_dir.display())),
+        None => {
+            let mut v = id.member_id.to_le_bytes().to_vec();
+            v.extend_from_slice(&id.cluster_id.to_le_bytes());
+            v.extend_from_slice(cfg.name.as_bytes());
+            let mut w = db.begin_write().map_err(|e| e.to_string())?;
+            w.put(Tree::Meta, IDENTITY_KEY, &v).map_err(|e| e.to_string())?;
+            w.commit().map_err(|e| e.to_string())?;
+            db.sync().map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
+    let c = openraft::Config {
+        cluster_name: cfg.initial_cluster_token.clone(),
+        heartbeat_interval: cfg.heartbeat_interval,
+        election_timeout_min: cfg.election_timeout,
+        election_timeout_max: cfg.election_timeout * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+        // etcd keeps 5,000 entries behind a snapshot for slow followers.
+        max_in_snapshot_log_to_keep: 5000,
+        ..Default::default()
+    };
+    c.validate().map(Arc::new).map_err(|e| format!("invalid raft settings: {e}"))
+}
+
 fn run(cfg: Config) -> Result<(), String> {
+    let id = identity(&cfg)?;
+    let data_dir = cfg.data_dir();
+    refuse_etcd_data_dir(&data_dir)?;
     tracing::info!(
         name = %cfg.name,
-        data_dir = %cfg.data_dir().display(),
+        data_dir = %data_dir.display(),
         wal_dir = %cfg.wal_dir().display(),
-        initial_cluster = %cfg.initial_cluster(),
+        member_id = %format!("{:x}", id.member_id),
+        cluster_id = %format!("{:x}", id.cluster_id),
         etcd_version = ETCD_VERSION,
-        "starting ironcd (transport only: every RPC answers Unimplemented for now)"
+        "starting ironcd"
     );
+    // Bind first: a second server on the same port fails before touching data.
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
         let addr = transport::parse_url(url)?;
         let l = transport::bind_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
-        listeners.push(l);
+        listeners.push((url.clone(), l));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("ironcd-core-0")
-        .spawn(move || async move {
-            let routes = v3rpc::routes();
-            let mut tasks = Vec::new();
-            for l in listeners {
-                let l = transport::into_glommio(l);
-                tasks.push(glommio::spawn_local(transport::serve(l, routes.clone())));
-            }
-            for t in tasks {
-                if let Err(e) = t.await {
-                    tracing::error!(error = %e, "client listener failed");
-                }
+        .name("ironcd-raft-core")
+        .spawn(move || async move { serve_member(cfg, id, data_dir, listeners, stop).await })
+        .map_err(|e| format!("starting executor: {e}"))?;
+    ex.join().map_err(|e| format!("executor failed: {e}"))?
+}
+
+async fn serve_member(
+    cfg: Config,
+    id: Identity,
+    data_dir: PathBuf,
+    listeners: Vec<(String, std::net::TcpListener)>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let member_dir = data_dir.join("member");
+    std::fs::create_dir_all(&member_dir).map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
+    let wal_opts = WalOptions { segment_size: cfg.wal_segment_bytes, ..WalOptions::default() };
+    let log_store = LogStore::open_dir(cfg.wal_dir(), wal_opts).await.map_err(|e| e.to_string())?;
+    let db_path = member_dir.join("kv.db");
+    let db = Db::open(&db_path, DbOptions::default()).map_err(|e| format!("opening {}: {e}", db_path.display()))?;
+    check_identity(&db, &id, &cfg, &data_dir)?;
+    let mvcc_cfg = mvcc::Config {
+        max_txn_ops: cfg.max_txn_ops as usize,
+        // etcd: ceil(1.5 × election timeout) seconds.
+        min_lease_ttl: (3 * cfg.election_timeout as i64 + 1999) / 2000,
+        ..mvcc::Config::default()
+    };
+    let kv = Arc::new(KvStore::open(db, mvcc_cfg).map_err(|e| e.to_string())?);
+    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(|_events: &mut Vec<mvcc::Event>| {}))
+        .map_err(|e| format!("loading the state machine: {e}"))?;
+    let raft: MemberRaft =
+        MemberRaft::new(id.member_id, raft_config(&cfg)?, NoPeers::<StoreSnapshot>::default(), log_store.clone(), sm)
+            .await
+            .map_err(|e| format!("starting raft: {e}"))?;
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        if cfg.initial_cluster_state != "new" {
+            return Err("--initial-cluster-state=existing (joining a running cluster) is not built yet".into());
+        }
+        let nodes: BTreeMap<u64, Member> = id
+            .members
+            .iter()
+            .map(|m| {
+                let client_urls = if m.id == id.member_id { cfg.advertise_client_urls.clone() } else { Vec::new() };
+                (m.id, Member { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls })
+            })
+            .collect();
+        raft.initialize(nodes).await.map_err(|e| format!("bootstrapping the cluster: {e}"))?;
+    }
+    let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg));
+    let routes = v3rpc::routes(srv.clone());
+    for (url, l) in listeners {
+        tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");
+        let l = transport::into_glommio(l);
+        let routes = routes.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = transport::serve(l, routes).await {
+                tracing::error!(error = %e, "client listener failed");
             }
         })
-        .map_err(|e| format!("starting executor: {e}"))?;
-    ex.join().map_err(|e| format!("executor failed: {e}"))
+        .detach();
+    }
+    tracing::info!("ready to serve client requests");
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!("received a signal; shutting down");
+    drop(srv);
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    kv.store().sync().map_err(|e| format!("syncing the store at shutdown: {e}"))?;
+    log_store.close().await.map_err(|e| format!("closing the WAL: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
 }

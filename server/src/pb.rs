@@ -22,3 +22,7 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+
+pub mod ironcdpb {
+    tonic::include_proto!("ironcdpb");
+}

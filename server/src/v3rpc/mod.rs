@@ -1,37 +1,51 @@
-//! The etcd v3 gRPC services. Each RPC not built yet answers
-//! `Unimplemented` (tonic's generated default), never a wrong answer.
+//! The etcd v3 gRPC services (etcd's `v3rpc` package). RPCs not built yet
+//! answer `Unimplemented` (tonic's generated default), never a wrong answer:
+//! Watch, Lease, Auth, Lock and Election entirely; see each service.
+
+mod cluster_service;
+mod kv_service;
+mod maintenance_service;
+
+use std::rc::Rc;
 
 use tonic::service::Routes;
 
+use crate::etcd_server::EtcdServer;
 use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
-use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
-use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
-use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::v3electionpb::election_server::{Election, ElectionServer};
 use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
 
-/// Services with nothing implemented yet.
+pub use cluster_service::ClusterService;
+pub use kv_service::KvService;
+pub use maintenance_service::MaintenanceService;
+
+/// Services with nothing built yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NotYet;
 
-impl Kv for NotYet {}
 impl Watch for NotYet {}
 impl Lease for NotYet {}
-impl Cluster for NotYet {}
-impl Maintenance for NotYet {}
 impl Auth for NotYet {}
 impl Lock for NotYet {}
 impl Election for NotYet {}
 
-/// Every etcd v3 service on one router.
-pub fn routes() -> Routes {
-    Routes::new(KvServer::new(NotYet))
+/// gRPC's own overhead allowed on top of `--max-request-bytes` (etcd's
+/// `grpcOverheadBytes`).
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// Every etcd v3 service on one router, for the executor that owns `srv`.
+pub fn routes(srv: Rc<EtcdServer>) -> Routes {
+    let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
+    Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(NotYet))
         .add_service(LeaseServer::new(NotYet))
-        .add_service(ClusterServer::new(NotYet))
-        .add_service(MaintenanceServer::new(NotYet))
+        .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
+        .add_service(MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX))
         .add_service(AuthServer::new(NotYet))
         .add_service(LockServer::new(NotYet))
         .add_service(ElectionServer::new(NotYet))

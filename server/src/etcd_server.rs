@@ -1,0 +1,128 @@
+//! The member: its raft group, its store, its identity, and the operations
+//! the gRPC services are built from (propose, linearizable read, status).
+//! Lives on the raft core's executor.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ironcd_engine::btree::{Db, Snapshot};
+use ironcd_engine::mvcc::{KvReader, KvStore};
+use ironcd_raft_net::{Raft, Request};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ReadPolicy;
+use prost::Message;
+use openraft::async_runtime::WatchReceiver;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+
+use crate::config::Config;
+use crate::convert::HeaderInfo;
+use crate::error;
+use crate::pb::ironcdpb::{raft_request, RaftRequest};
+use crate::state_machine::{Applied, StateMachine};
+
+pub type MemberRaft = Raft<StateMachine>;
+
+pub struct EtcdServer {
+    pub raft: MemberRaft,
+    pub kv: Arc<KvStore<Db>>,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub cfg: Config,
+    next_id: Cell<u64>,
+}
+
+impl EtcdServer {
+    pub fn new(raft: MemberRaft, kv: Arc<KvStore<Db>>, member_id: u64, cluster_id: u64, cfg: Config) -> Self {
+        // Proposal ids: member id in the high bits, like etcd's idutil.
+        let first = (member_id << 48) | (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64 & ((1 << 40) - 1))
+            .unwrap_or(0)
+            << 8);
+        EtcdServer { raft, kv, member_id, cluster_id, cfg, next_id: Cell::new(first) }
+    }
+
+    /// etcd's request timeout: 5 s plus two election timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(5000 + 2 * self.cfg.election_timeout)
+    }
+
+    pub fn header_info(&self) -> HeaderInfo {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        HeaderInfo { cluster_id: self.cluster_id, member_id: self.member_id, raft_term: term }
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// etcd's `hasleader` metadata: fail fast when the member has no leader.
+    pub fn check_has_leader(&self, md: &MetadataMap) -> Result<(), Status> {
+        if md.get("hasleader").is_some_and(|v| v == "true") && self.leader().is_none() {
+            return Err(error::no_leader());
+        }
+        Ok(())
+    }
+
+    /// Refuses requests larger than `--max-request-bytes`, as etcd does.
+    pub fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        if encoded_len > self.cfg.max_request_bytes as usize {
+            return Err(error::request_too_large());
+        }
+        Ok(())
+    }
+
+    /// Proposes one request through raft and waits for its applied result.
+    pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, Status> {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let msg = RaftRequest { id, request: Some(req) };
+        self.check_size(msg.encoded_len())?;
+        let bytes = msg.encode_to_vec();
+        let write = self.raft.client_write(Request(bytes.into()));
+        let resp = match glommio::timer::timeout(self.request_timeout(), async { Ok(write.await) }).await {
+            Err(_) => return Err(error::timeout()),
+            Ok(r) => r,
+        };
+        match resp {
+            Ok(r) => r.data.take::<Applied>().ok_or_else(|| Status::internal("apply returned no result")),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                if f.leader_id.is_none() {
+                    Err(error::no_leader())
+                } else {
+                    Err(Status::unavailable(error::NOT_LEADER))
+                }
+            }
+            Err(RaftError::APIError(e)) => Err(Status::unavailable(format!("etcdserver: {e}"))),
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(error = %e, "raft stopped");
+                Err(error::stopped())
+            }
+        }
+    }
+
+    /// Waits until a read here reflects every write acknowledged before the
+    /// call (etcd's linearizable read: a read index from the leader).
+    pub async fn linearize(&self) -> Result<(), Status> {
+        let raft = self.raft.clone();
+        let fut = async move {
+            let lin = raft.get_read_linearizer(ReadPolicy::ReadIndex).await.map_err(|e| match e {
+                RaftError::APIError(_) => error::no_leader(),
+                RaftError::Fatal(_) => error::stopped(),
+            })?;
+            lin.try_await_ready(&raft, None).await.map_err(|_| error::stopped())?.map_err(|_| error::timeout())?;
+            Ok::<(), Status>(())
+        };
+        match glommio::timer::timeout(self.request_timeout(), async { Ok(fut.await) }).await {
+            Ok(r) => r,
+            Err(_) => Err(error::timeout()),
+        }
+    }
+
+    /// A reader over the newest published state.
+    pub fn reader(&self) -> Result<KvReader<Snapshot>, Status> {
+        self.kv.read().map_err(error::mvcc)
+    }
+}

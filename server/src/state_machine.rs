@@ -1,0 +1,229 @@
+//! The raft state machine: committed entries applied to the MVCC store.
+//!
+//! - Each `apply` call applies its whole batch of entries in **one** B-tree
+//!   write transaction and publishes it once; responses go back only after
+//!   the publish, so a client that got a write's response reads it next.
+//! - The B-tree is made durable (`sync`) every `sync_every` entries, when a
+//!   snapshot is built, and at shutdown. Between syncs the WAL holds what the
+//!   B-tree lacks: the store records the last applied log id next to the
+//!   data, and on restart openraft re-applies the log after it.
+//! - The raft bookkeeping (last applied log id, membership) lives in the same
+//!   transaction as the data it describes, under `raft/applied_state` in the
+//!   store's meta tree.
+
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use ironcd_engine::btree::Db;
+use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
+use ironcd_engine::mvcc::{self, KvStore, KvWriter, MvccError, MvccResult};
+use ironcd_raft_net::types::{CommittedLeaderId, LogId};
+use ironcd_raft_net::{codec, EntryPayload, Member, Response, TypeConfig};
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{RaftSnapshotBuilder, StoredMembership};
+use prost::Message;
+
+use crate::convert;
+use crate::pb::ironcdpb::{raft_request::Request as Req, RaftRequest};
+
+/// Meta-tree key of the raft bookkeeping.
+pub const APPLIED_STATE_KEY: &[u8] = b"raft/applied_state";
+/// An apply batch slower than this is logged, like etcd's warning.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
+
+pub type Membership = StoredMembership<CommittedLeaderId, u64, Member>;
+pub type Meta = SnapshotMeta<CommittedLeaderId, u64, Member>;
+
+/// A snapshot of the state machine. For now it only names the point the
+/// local store file was synced at; shipping the store file to a follower
+/// arrives with the peer transport (clustering issue).
+#[derive(Clone, Debug, Default)]
+pub struct StoreSnapshot;
+
+/// What applying one request produced, returned to its proposer.
+#[derive(Debug)]
+pub enum Applied {
+    Put(MvccResult<mvcc::PutResponse>),
+    DeleteRange(MvccResult<mvcc::DeleteRangeResponse>),
+    Txn(MvccResult<mvcc::TxnResponse>),
+    Compaction(MvccResult<mvcc::CompactionResponse>),
+    /// A request this build cannot apply (undecodable, or a kind not built yet).
+    Unsupported(String),
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Loads the raft bookkeeping stored with the data.
+pub fn load_applied_state(view: &impl ReadView) -> io::Result<(Option<LogId>, Membership)> {
+    match view.get(Tree::Meta, APPLIED_STATE_KEY).map_err(io_err)? {
+        None => Ok((None, Membership::default())),
+        Some(b) => {
+            let (applied, mlog, m) = codec::decode_applied_state(b).map_err(io::Error::from)?;
+            Ok((applied, StoredMembership::new(mlog, m)))
+        }
+    }
+}
+
+pub struct StateMachine {
+    kv: Arc<KvStore<Db>>,
+    applied: Option<LogId>,
+    membership: Membership,
+    unsynced: u64,
+    sync_every: u64,
+    snapshot: Option<Meta>,
+    /// Called after each published batch (watch hub, applied-index waiters).
+    on_apply: Rc<dyn Fn(&mut Vec<mvcc::Event>)>,
+}
+
+impl StateMachine {
+    pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: Rc<dyn Fn(&mut Vec<mvcc::Event>)>) -> io::Result<Self> {
+        let snap = kv.store().snapshot();
+        let (applied, membership) = load_applied_state(&snap)?;
+        Ok(StateMachine { kv, applied, membership, unsynced: 0, sync_every: sync_every.max(1), snapshot: None, on_apply })
+    }
+
+    /// Makes every published batch durable in the store file.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.kv.store().sync().map_err(io_err)?;
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    fn apply_batch(&mut self, batch: Vec<(u64, Req)>) -> MvccResult<Vec<Applied>> {
+        let mut w = self.kv.write()?;
+        let out = batch.into_iter().map(|(index, req)| apply_one(&mut w, index, req)).collect();
+        let mut events = w.take_events();
+        let mut view = w.into_view();
+        let state = codec::encode_applied_state(
+            self.applied.as_ref(),
+            self.membership.log_id().as_ref(),
+            self.membership.membership(),
+        );
+        view.put(Tree::Meta, APPLIED_STATE_KEY, &state).map_err(MvccError::Store)?;
+        if let Some(a) = &self.applied {
+            view.set_applied_index(a.index);
+        }
+        view.commit().map_err(MvccError::Store)?;
+        (self.on_apply)(&mut events);
+        Ok(out)
+    }
+}
+
+fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -> Applied {
+    match req {
+        Req::Put(p) => Applied::Put(w.put(index, &convert::put_req(p))),
+        Req::DeleteRange(d) => Applied::DeleteRange(w.delete_range(index, &convert::delete_req(d))),
+        Req::Txn(t) => match convert::txn_req(t) {
+            Ok(t) => Applied::Txn(w.txn(index, &t)),
+            Err(e) => Applied::Unsupported(e.message().to_string()),
+        },
+        Req::Compaction(c) => Applied::Compaction(w.compact(index, &convert::compaction_req(c))),
+        other => Applied::Unsupported(format!("request kind not built yet: {other:?}")),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
+    type SnapshotData = StoreSnapshot;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
+        // The store is synced up to `meta.last_log_id` before openraft may
+        // purge the log behind it.
+        self.kv.store().sync().map_err(io_err)?;
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: StoreSnapshot })
+    }
+}
+
+/// Builds a snapshot of the state at the time it was created.
+pub struct StateMachineSnapshotBuilder {
+    kv: Arc<KvStore<Db>>,
+    meta: Meta,
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = StoreSnapshot;
+    type SnapshotBuilder = StateMachineSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, Membership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, mut entries: S) -> io::Result<()>
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin,
+    {
+        // Collect first: the write transaction is never held across an await.
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            self.applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {
+                    if let Some(r) = responder {
+                        r.send(Response::default());
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    if let Some(r) = responder {
+                        r.send(Response::default());
+                    }
+                }
+                EntryPayload::Normal(req) => {
+                    let decoded = RaftRequest::decode(req.0).ok().and_then(|r| r.request);
+                    match decoded {
+                        Some(r) => {
+                            batch.push((entry.log_id.index, r));
+                            responders.push(responder);
+                        }
+                        None => {
+                            tracing::error!(index = entry.log_id.index, "undecodable request in the raft log");
+                            if let Some(r) = responder {
+                                r.send(Response::new(Applied::Unsupported("undecodable request".into())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let n = batch.len() as u64;
+        let started = Instant::now();
+        let results = self.apply_batch(batch).map_err(io_err)?;
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, entries = n, "apply request took too long");
+        }
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(r) = responder {
+                r.send(Response::new(result));
+            }
+        }
+        self.unsynced += n.max(1);
+        if self.unsynced >= self.sync_every {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachineSnapshotBuilder {
+        let meta = Meta { last_log_id: self.applied, last_membership: self.membership.clone() };
+        self.snapshot = Some(meta.clone());
+        StateMachineSnapshotBuilder { kv: self.kv.clone(), meta }
+    }
+
+    async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: StoreSnapshot) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "installing a snapshot from a peer arrives with the peer transport",
+        ))
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>>> {
+        Ok(self.snapshot.clone().map(|meta| Snapshot { meta, snapshot: StoreSnapshot }))
+    }
+}

@@ -1,0 +1,147 @@
+//! etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::rc::Rc;
+
+use ironcd_engine::mvcc::validate;
+use prost::Message;
+use send_wrapper::SendWrapper;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error;
+use crate::etcd_server::EtcdServer;
+use crate::pb::etcdserverpb as pb;
+use crate::pb::etcdserverpb::kv_server::Kv;
+use crate::pb::ironcdpb::raft_request::Request as Req;
+use crate::state_machine::Applied;
+
+#[derive(Clone)]
+pub struct KvService {
+    srv: SendWrapper<Rc<EtcdServer>>,
+}
+
+impl KvService {
+    pub fn new(srv: Rc<EtcdServer>) -> Self {
+        KvService { srv: SendWrapper::new(srv) }
+    }
+}
+
+fn unexpected(a: Applied) -> Status {
+    match a {
+        Applied::Unsupported(why) => Status::unimplemented(why),
+        other => Status::internal(format!("unexpected apply result {other:?}")),
+    }
+}
+
+impl EtcdServer {
+    async fn range(&self, md: &tonic::metadata::MetadataMap, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        self.check_has_leader(md)?;
+        let r = convert::range_req(r)?;
+        validate::check_range_request(&r).map_err(error::mvcc)?;
+        if !r.serializable {
+            self.linearize().await?;
+        }
+        let resp = self.reader()?.range(&r).map_err(error::mvcc)?;
+        Ok(convert::range_resp(resp, &self.header_info()))
+    }
+
+    async fn put(&self, md: &tonic::metadata::MetadataMap, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        self.check_has_leader(md)?;
+        self.check_size(r.encoded_len())?;
+        let r = convert::put_req(r);
+        validate::check_put_request(&r).map_err(error::mvcc)?;
+        match self.propose(Req::Put(convert::put_req_pb(r))).await? {
+            Applied::Put(res) => Ok(convert::put_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        r: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, Status> {
+        self.check_has_leader(md)?;
+        self.check_size(r.encoded_len())?;
+        let r = convert::delete_req(r);
+        validate::check_delete_request(&r).map_err(error::mvcc)?;
+        match self.propose(Req::DeleteRange(convert::delete_req_pb(r))).await? {
+            Applied::DeleteRange(res) => Ok(convert::delete_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, md: &tonic::metadata::MetadataMap, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        self.check_has_leader(md)?;
+        self.check_size(r.encoded_len())?;
+        let t = convert::txn_req(r.clone())?;
+        validate::check_txn_request(&t, self.cfg.max_txn_ops as usize).map_err(error::mvcc)?;
+        match self.propose(Req::Txn(r)).await? {
+            Applied::Txn(res) => Ok(convert::txn_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        r: pb::CompactionRequest,
+    ) -> Result<pb::CompactionResponse, Status> {
+        self.check_has_leader(md)?;
+        match self.propose(Req::Compaction(r)).await? {
+            Applied::Compaction(res) => Ok(convert::compaction_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let srv = self.srv.clone();
+        SendWrapper::new(async move {
+            let (md, _, r) = req.into_parts();
+            srv.range(&md, r).await.map(Response::new)
+        })
+        .await
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let srv = self.srv.clone();
+        SendWrapper::new(async move {
+            let (md, _, r) = req.into_parts();
+            srv.put(&md, r).await.map(Response::new)
+        })
+        .await
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let srv = self.srv.clone();
+        SendWrapper::new(async move {
+            let (md, _, r) = req.into_parts();
+            srv.delete_range(&md, r).await.map(Response::new)
+        })
+        .await
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let srv = self.srv.clone();
+        SendWrapper::new(async move {
+            let (md, _, r) = req.into_parts();
+            srv.txn(&md, r).await.map(Response::new)
+        })
+        .await
+    }
+
+    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
+        let srv = self.srv.clone();
+        SendWrapper::new(async move {
+            let (md, _, r) = req.into_parts();
+            srv.compact(&md, r).await.map(Response::new)
+        })
+        .await
+    }
+}
