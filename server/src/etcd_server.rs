@@ -3,6 +3,7 @@
 //! Lives on the raft core's executor.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,11 @@ use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::state_machine::{Applied, StateMachine};
 
 pub type MemberRaft = Raft<StateMachine>;
+
+/// Keys a compaction step removes at most (bounds the pause it causes).
+const COMPACTION_BATCH: usize = 1000;
+/// How often an idle compactor looks for scheduled work.
+const COMPACTOR_IDLE: Duration = Duration::from_millis(50);
 
 pub struct EtcdServer {
     pub raft: MemberRaft,
@@ -119,6 +125,45 @@ impl EtcdServer {
             Ok(r) => r,
             Err(_) => Err(error::timeout()),
         }
+    }
+
+    /// Runs scheduled compactions in bounded steps on this executor, so
+    /// writes never stall behind a large compaction.
+    pub fn start_compactor(self: &Rc<Self>) {
+        let kv = self.kv.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let pending = kv.read().map(|r| r.compaction_pending()).unwrap_or(false);
+                if !pending {
+                    glommio::timer::sleep(COMPACTOR_IDLE).await;
+                    continue;
+                }
+                let step = kv.write().and_then(|mut w| {
+                    let s = w.compact_step(COMPACTION_BATCH)?;
+                    w.commit()?;
+                    Ok(s)
+                });
+                if let Err(e) = step {
+                    tracing::error!(error = %e, "compaction step failed");
+                    glommio::timer::sleep(COMPACTOR_IDLE).await;
+                }
+                // Let requests run between steps.
+                glommio::yield_if_needed().await;
+            }
+        })
+        .detach();
+    }
+
+    /// Waits (bounded) until no scheduled compaction is left, for `physical` compactions.
+    pub async fn wait_compacted(&self) -> Result<(), Status> {
+        let deadline = std::time::Instant::now() + self.request_timeout();
+        while self.reader()?.compaction_pending() {
+            if std::time::Instant::now() > deadline {
+                return Err(error::timeout());
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// A reader over the newest published state.

@@ -207,10 +207,10 @@ async fn serve_member(
         max_txn_ops: cfg.max_txn_ops as usize,
         // etcd: ceil(1.5 × election timeout) seconds.
         min_lease_ttl: (3 * cfg.election_timeout as i64 + 1999) / 2000,
-        ..mvcc::Config::default()
+        events: mvcc::EventMode::None,
     };
     let kv = Arc::new(KvStore::open(db, mvcc_cfg).map_err(|e| e.to_string())?);
-    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(|_events: &mut Vec<mvcc::Event>| {}))
+    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(|_events: &mut Vec<mvcc::Event>, _revision: i64| {}))
         .map_err(|e| format!("loading the state machine: {e}"))?;
     let raft: MemberRaft =
         MemberRaft::new(id.member_id, raft_config(&cfg)?, NoPeers::<StoreSnapshot>::default(), log_store.clone(), sm)
@@ -231,6 +231,7 @@ async fn serve_member(
         raft.initialize(nodes).await.map_err(|e| format!("bootstrapping the cluster: {e}"))?;
     }
     let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg));
+    srv.start_compactor();
     let routes = v3rpc::routes(srv.clone());
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");

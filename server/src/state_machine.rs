@@ -50,6 +50,9 @@ pub enum Applied {
     DeleteRange(MvccResult<mvcc::DeleteRangeResponse>),
     Txn(MvccResult<mvcc::TxnResponse>),
     Compaction(MvccResult<mvcc::CompactionResponse>),
+    LeaseGrant(MvccResult<mvcc::LeaseGrantResponse>),
+    LeaseRevoke(MvccResult<mvcc::LeaseRevokeResponse>),
+    LeaseCheckpoint(MvccResult<mvcc::ResponseHeader>),
     /// A request this build cannot apply (undecodable, or a kind not built yet).
     Unsupported(String),
 }
@@ -69,6 +72,9 @@ pub fn load_applied_state(view: &impl ReadView) -> io::Result<(Option<LogId>, Me
     }
 }
 
+/// See [`StateMachine::new`].
+pub type OnApply = Rc<dyn Fn(&mut Vec<mvcc::Event>, i64)>;
+
 pub struct StateMachine {
     kv: Arc<KvStore<Db>>,
     applied: Option<LogId>,
@@ -76,12 +82,13 @@ pub struct StateMachine {
     unsynced: u64,
     sync_every: u64,
     snapshot: Option<Meta>,
-    /// Called after each published batch (watch hub, applied-index waiters).
-    on_apply: Rc<dyn Fn(&mut Vec<mvcc::Event>)>,
+    /// Called after each published batch with its events (revision order)
+    /// and the store's revision after the batch (watch hub).
+    on_apply: OnApply,
 }
 
 impl StateMachine {
-    pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: Rc<dyn Fn(&mut Vec<mvcc::Event>)>) -> io::Result<Self> {
+    pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: OnApply) -> io::Result<Self> {
         let snap = kv.store().snapshot();
         let (applied, membership) = load_applied_state(&snap)?;
         Ok(StateMachine { kv, applied, membership, unsynced: 0, sync_every: sync_every.max(1), snapshot: None, on_apply })
@@ -98,6 +105,7 @@ impl StateMachine {
         let mut w = self.kv.write()?;
         let out = batch.into_iter().map(|(index, req)| apply_one(&mut w, index, req)).collect();
         let mut events = w.take_events();
+        let revision = w.revision();
         let mut view = w.into_view();
         let state = codec::encode_applied_state(
             self.applied.as_ref(),
@@ -109,7 +117,7 @@ impl StateMachine {
             view.set_applied_index(a.index);
         }
         view.commit().map_err(MvccError::Store)?;
-        (self.on_apply)(&mut events);
+        (self.on_apply)(&mut events, revision);
         Ok(out)
     }
 }
@@ -123,6 +131,16 @@ fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -
             Err(e) => Applied::Unsupported(e.message().to_string()),
         },
         Req::Compaction(c) => Applied::Compaction(w.compact(index, &convert::compaction_req(c))),
+        Req::LeaseGrant(g) => Applied::LeaseGrant(w.lease_grant(index, &mvcc::LeaseGrantRequest { ttl: g.ttl, id: g.id })),
+        Req::LeaseRevoke(r) => Applied::LeaseRevoke(w.lease_revoke(index, &mvcc::LeaseRevokeRequest { id: r.id })),
+        Req::LeaseCheckpoint(c) => {
+            let cps: Vec<mvcc::LeaseCheckpoint> = c
+                .checkpoints
+                .into_iter()
+                .map(|c| mvcc::LeaseCheckpoint { id: c.id, remaining_ttl: c.remaining_ttl })
+                .collect();
+            Applied::LeaseCheckpoint(w.lease_checkpoint(index, &cps))
+        }
         other => Applied::Unsupported(format!("request kind not built yet: {other:?}")),
     }
 }

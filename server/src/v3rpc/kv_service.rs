@@ -88,10 +88,15 @@ impl EtcdServer {
         r: pb::CompactionRequest,
     ) -> Result<pb::CompactionResponse, Status> {
         self.check_has_leader(md)?;
-        match self.propose(Req::Compaction(r)).await? {
-            Applied::Compaction(res) => Ok(convert::compaction_resp(res.map_err(error::mvcc)?, &self.header_info())),
-            other => Err(unexpected(other)),
+        let physical = r.physical;
+        let resp = match self.propose(Req::Compaction(r)).await? {
+            Applied::Compaction(res) => res.map_err(error::mvcc)?,
+            other => return Err(unexpected(other)),
+        };
+        if physical {
+            self.wait_compacted().await?;
         }
+        Ok(convert::compaction_resp(resp, &self.header_info()))
     }
 }
 
