@@ -98,23 +98,25 @@ impl Server {
     }
 
     pub fn start(kind: Kind, dir: &Path, extra: &[&str]) -> Server {
-        let name = "default".to_string();
-        let data_dir = dir.join(match kind {
-            Kind::Ironcd => "ironcd.data",
-            Kind::Etcd => "etcd.data",
-        });
-        let mut s = Server {
-            kind,
-            name,
-            client_port: free_port(),
-            peer_port: free_port(),
-            data_dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            log: dir.join(format!("{kind:?}.log").to_lowercase()),
-        };
+        let mut s = Server::new(kind, dir, extra);
         s.launch();
         s
+    }
+
+    /// A server not started yet: adjust ports or flags, then [`Server::launch`].
+    pub fn new(kind: Kind, dir: &Path, extra: &[&str]) -> Server {
+        let client_port = free_port();
+        let base = format!("{}-{client_port}", format!("{kind:?}").to_lowercase());
+        Server {
+            kind,
+            name: "default".to_string(),
+            client_port,
+            peer_port: free_port(),
+            data_dir: dir.join(format!("{base}.data")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: dir.join(format!("{base}.log")),
+        }
     }
 
     pub fn endpoint(&self) -> String {
