@@ -175,7 +175,9 @@ pub(crate) enum EncRef<'b> {
 /// A decoded view of a verified branch or leaf page.
 ///
 /// Layout: header; a branch then has `child0 u64`; then `count` u16 slots
-/// (cell offsets within the page, in key order); then the cells:
+/// (cell offsets within the page, in key order); free space; then the cells
+/// (packed at the end of the page when written, so a copy of the page can
+/// take an insert in place):
 /// `flags u8 | key | value` (leaf) or `flags u8 | key | child u64` (branch),
 /// where key/value is `len u16 | bytes` inline or `len u32 | first page u64`
 /// when the flag bit says overflow.
@@ -188,6 +190,11 @@ pub(crate) struct NodePage<'a> {
 }
 
 impl<'a> NodePage<'a> {
+    /// A view of a dirty leaf buffer (see [`LeafBuf`]).
+    pub(crate) fn dirty(data: &'a [u8], count: usize) -> Self {
+        NodePage { id: rd_u64(data, 8).unwrap_or(0), data, leaf: true, count }
+    }
+
     /// Parses the header of a page whose checksum the caller verified.
     pub(crate) fn parse(id: u64, data: &'a [u8]) -> StoreResult<Self> {
         if data.len() != PAGE_SIZE {
@@ -221,7 +228,7 @@ impl<'a> NodePage<'a> {
     }
 
     #[inline]
-    fn cell(&self, i: usize) -> StoreResult<usize> {
+    pub(crate) fn cell(&self, i: usize) -> StoreResult<usize> {
         if i >= self.count {
             return Err(corrupt(self.id, format_args!("cell {i} out of range")));
         }
@@ -263,6 +270,25 @@ impl<'a> NodePage<'a> {
         Ok((k, flags, next))
     }
 
+    /// Key `i` if it is stored inline and well-formed; `None` sends the
+    /// caller to the checked path ([`Self::key`]), which reports what is wrong.
+    #[inline(always)]
+    pub(crate) fn inline_key(&self, i: usize) -> Option<&'a [u8]> {
+        let slots = self.slots_off();
+        if i >= self.count {
+            return None;
+        }
+        let off = rd_u16(self.data, slots + 2 * i)? as usize;
+        if off < slots + 2 * self.count || *self.data.get(off)? & FLAG_KEY_OVF != 0 {
+            return None;
+        }
+        let len = rd_u16(self.data, off + 1)? as usize;
+        if len > MAX_INLINE_KEY {
+            return None;
+        }
+        self.data.get(off + 3..off + 3 + len)
+    }
+
     #[inline]
     pub(crate) fn key(&self, i: usize) -> StoreResult<Ref> {
         Ok(self.key_at(i)?.0)
@@ -297,19 +323,6 @@ impl<'a> NodePage<'a> {
     }
 }
 
-fn put_part(buf: &mut Vec<u8>, r: EncRef<'_>) {
-    match r {
-        EncRef::Inline(b) => {
-            buf.extend_from_slice(&(b.len() as u16).to_le_bytes());
-            buf.extend_from_slice(b);
-        }
-        EncRef::Ovf { page, len } => {
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&page.to_le_bytes());
-        }
-    }
-}
-
 fn flag(r: &EncRef<'_>, bit: u8) -> u8 {
     if matches!(r, EncRef::Ovf { .. }) {
         bit
@@ -318,46 +331,183 @@ fn flag(r: &EncRef<'_>, bit: u8) -> u8 {
     }
 }
 
-fn finish_node(mut buf: Vec<u8>, slots_at: usize, slots: &[u16]) -> Vec<u8> {
-    assert!(buf.len() <= PAGE_SIZE, "node encoding overflowed its page: a sizing bug");
-    for (i, s) in slots.iter().enumerate() {
-        buf[slots_at + 2 * i..slots_at + 2 * i + 2].copy_from_slice(&s.to_le_bytes());
+fn part_len(r: &EncRef<'_>) -> usize {
+    match r {
+        EncRef::Inline(b) => 2 + b.len(),
+        EncRef::Ovf { .. } => 12,
     }
-    buf.resize(PAGE_SIZE, 0);
-    seal(&mut buf);
-    buf
+}
+
+/// A zeroed page with its header, and the offset where `cells_len` bytes of
+/// cells start when packed at the end of the page.
+fn layout(kind: u8, id: u64, txid: u64, slots_at: usize, n: usize, cells_len: usize) -> (Vec<u8>, usize) {
+    assert!(slots_at + 2 * n + cells_len <= PAGE_SIZE, "node encoding overflowed its page: a sizing bug");
+    let mut buf = vec![0u8; PAGE_SIZE];
+    header(&mut buf, kind, n as u16, id, txid);
+    (buf, PAGE_SIZE - cells_len)
+}
+
+fn put_part_at(buf: &mut [u8], at: usize, r: EncRef<'_>) -> usize {
+    match r {
+        EncRef::Inline(b) => {
+            buf[at..at + 2].copy_from_slice(&(b.len() as u16).to_le_bytes());
+            buf[at + 2..at + 2 + b.len()].copy_from_slice(b);
+            at + 2 + b.len()
+        }
+        EncRef::Ovf { page, len } => {
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            buf[at + 4..at + 12].copy_from_slice(&page.to_le_bytes());
+            at + 12
+        }
+    }
 }
 
 /// Encodes a leaf page. The caller sized `entries` to fit (see [`leaf_entry_len`]).
 pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(PAGE_SIZE);
-    buf.resize(HEADER_LEN + 2 * entries.len(), 0);
-    header(&mut buf, KIND_LEAF, entries.len() as u16, id, txid);
-    let mut slots = Vec::with_capacity(entries.len());
-    for (k, v) in entries {
-        slots.push(buf.len() as u16);
-        buf.push(flag(k, FLAG_KEY_OVF) | flag(v, FLAG_VAL_OVF));
-        put_part(&mut buf, *k);
-        put_part(&mut buf, *v);
+    let cells: usize = entries.iter().map(|(k, v)| 1 + part_len(k) + part_len(v)).sum();
+    let (mut buf, mut at) = layout(KIND_LEAF, id, txid, HEADER_LEN, entries.len(), cells);
+    for (i, (k, v)) in entries.iter().enumerate() {
+        buf[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        buf[at] = flag(k, FLAG_KEY_OVF) | flag(v, FLAG_VAL_OVF);
+        at = put_part_at(&mut buf, at + 1, *k);
+        at = put_part_at(&mut buf, at, *v);
     }
-    finish_node(buf, HEADER_LEN, &slots)
+    seal(&mut buf);
+    buf
 }
 
 /// Encodes a branch page: `children.len() == keys.len() + 1`.
 pub(crate) fn encode_branch(id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
     assert_eq!(children.len(), keys.len() + 1);
-    let mut buf = Vec::with_capacity(PAGE_SIZE);
-    buf.resize(HEADER_LEN + 8 + 2 * keys.len(), 0);
-    header(&mut buf, KIND_BRANCH, keys.len() as u16, id, txid);
+    let cells: usize = keys.iter().map(|k| 1 + part_len(k) + 8).sum();
+    let (mut buf, mut at) = layout(KIND_BRANCH, id, txid, HEADER_LEN + 8, keys.len(), cells);
     buf[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&children[0].to_le_bytes());
-    let mut slots = Vec::with_capacity(keys.len());
-    for (k, c) in keys.iter().zip(&children[1..]) {
-        slots.push(buf.len() as u16);
-        buf.push(flag(k, FLAG_KEY_OVF));
-        put_part(&mut buf, *k);
-        buf.extend_from_slice(&c.to_le_bytes());
+    for (i, (k, c)) in keys.iter().zip(&children[1..]).enumerate() {
+        let s = HEADER_LEN + 8 + 2 * i;
+        buf[s..s + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        buf[at] = flag(k, FLAG_KEY_OVF);
+        at = put_part_at(&mut buf, at + 1, *k);
+        buf[at..at + 8].copy_from_slice(&c.to_le_bytes());
+        at += 8;
     }
-    finish_node(buf, HEADER_LEN + 8, &slots)
+    seal(&mut buf);
+    buf
+}
+
+/// A leaf being changed in place: a private copy of its page. Inserts go
+/// into the free gap between slots and cells; removed cells leave garbage
+/// that [`LeafBuf::compact`] squeezes out. Only inline entries are inserted
+/// here; anything else turns the leaf into an entry list (`tree::Leaf`).
+pub(crate) struct LeafBuf {
+    buf: Vec<u8>,
+    count: usize,
+    /// Lowest cell offset: the free gap is `slots_end()..cell_lo`.
+    cell_lo: usize,
+    /// Bytes the live entries take, slots included (as [`leaf_entry_len`]).
+    used: usize,
+}
+
+impl LeafBuf {
+    /// Copies a verified leaf page.
+    pub(crate) fn from_page(page: &NodePage<'_>) -> StoreResult<LeafBuf> {
+        let mut used = 0;
+        let mut cell_lo = PAGE_SIZE;
+        for i in 0..page.count {
+            let (k, v) = page.leaf_entry(i)?;
+            used += leaf_entry_len(k.len(), v.len());
+            cell_lo = cell_lo.min(page.cell(i)?);
+        }
+        if used > NODE_CAP {
+            return Err(corrupt(page.id, "cells overlap"));
+        }
+        Ok(LeafBuf { buf: page.data.to_vec(), count: page.count, cell_lo, used })
+    }
+
+    pub(crate) fn view(&self) -> NodePage<'_> {
+        NodePage::dirty(&self.buf, self.count)
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes in use, as a node size.
+    pub(crate) fn size(&self) -> usize {
+        self.used
+    }
+
+    fn slots_end(&self) -> usize {
+        HEADER_LEN + 2 * self.count
+    }
+
+    fn set_count(&mut self, n: usize) {
+        self.count = n;
+        self.buf[6..8].copy_from_slice(&(n as u16).to_le_bytes());
+    }
+
+    /// Removes entry `i`; returns its refs (to free overflow runs).
+    pub(crate) fn remove(&mut self, i: usize) -> StoreResult<(Ref, Ref)> {
+        let (k, v) = self.view().leaf_entry(i)?;
+        let (s, end) = (HEADER_LEN + 2 * i, self.slots_end());
+        self.buf.copy_within(s + 2..end, s);
+        self.set_count(self.count - 1);
+        self.used -= leaf_entry_len(k.len(), v.len());
+        Ok((k, v))
+    }
+
+    /// Inserts an inline entry as entry `i`; `false` if it does not fit.
+    pub(crate) fn insert(&mut self, i: usize, key: &[u8], value: &[u8]) -> StoreResult<bool> {
+        debug_assert!(key_inline(key.len()) && value_inline(key.len(), value.len()));
+        let need = leaf_entry_len(key.len(), value.len());
+        if self.used + need > NODE_CAP {
+            return Ok(false);
+        }
+        if self.cell_lo < self.slots_end() + need {
+            self.compact()?;
+        }
+        let at = self.cell_lo - (need - 2);
+        self.buf[at] = 0;
+        let end = put_part_at(&mut self.buf, at + 1, EncRef::Inline(key));
+        put_part_at(&mut self.buf, end, EncRef::Inline(value));
+        self.cell_lo = at;
+        let s = HEADER_LEN + 2 * i;
+        let old_end = self.slots_end();
+        self.buf.copy_within(s..old_end, s + 2);
+        self.buf[s..s + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        self.set_count(self.count + 1);
+        self.used += need;
+        Ok(true)
+    }
+
+    /// Repacks the live cells at the end of the page.
+    fn compact(&mut self) -> StoreResult<()> {
+        let mut out = vec![0u8; PAGE_SIZE];
+        out[..HEADER_LEN].copy_from_slice(&self.buf[..HEADER_LEN]);
+        let mut at = PAGE_SIZE;
+        for i in 0..self.count {
+            let view = self.view();
+            let off = view.cell(i)?;
+            let (k, v) = view.leaf_entry(i)?;
+            let len = leaf_entry_len(k.len(), v.len()) - 2;
+            let cell = self.buf.get(off..off + len).ok_or_else(|| corrupt(view.id, "cell out of bounds"))?;
+            at -= len;
+            out[at..at + len].copy_from_slice(cell);
+            out[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        }
+        self.buf = out;
+        self.cell_lo = at;
+        Ok(())
+    }
+
+    /// The finished page: header for page `id`, gap zeroed, sealed.
+    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> Vec<u8> {
+        let count = self.count as u16;
+        let (lo, hi) = (self.slots_end(), self.cell_lo);
+        self.buf[lo..hi].fill(0);
+        header(&mut self.buf, KIND_LEAF, count, id, txid);
+        seal(&mut self.buf);
+        self.buf
+    }
 }
 
 // ---- overflow runs ----

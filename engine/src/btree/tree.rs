@@ -3,6 +3,9 @@
 //!
 //! A write transaction copies every node it changes (and the path to it)
 //! into memory ([`Node`]), leaving the pages of the base version untouched.
+//! A leaf starts as a private copy of its page ([`LeafBuf`]) that takes
+//! inline puts and deletes in place; it becomes an entry list ([`Leaf`]) when
+//! it needs an overflow run, a split or a merge.
 //! Dirty nodes split while the transaction runs once they reach two pages;
 //! at commit, underfull dirty nodes merge with a sibling (`rebalance`), then
 //! every dirty node is encoded into one or more fresh pages bottom-up
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use super::pager::Mapped;
 use super::page::{
     branch_entry_len, corrupt, encode_branch, encode_leaf, encode_overflow, key_inline, leaf_entry_len,
-    ovf_pages, value_inline, EncRef, NodePage, Ref, NODE_CAP, PS,
+    ovf_pages, value_inline, EncRef, LeafBuf, NodePage, Ref, NODE_CAP, PS,
 };
 use crate::kv::{StoreError, StoreResult, Tree};
 
@@ -67,6 +70,8 @@ pub(crate) struct Branch {
 }
 
 pub(crate) enum Node {
+    /// A leaf as a patched copy of its page.
+    Page(LeafBuf),
     Leaf(Leaf),
     Branch(Branch),
     /// Merged away or already written.
@@ -76,6 +81,7 @@ pub(crate) enum Node {
 impl Node {
     fn size(&self) -> usize {
         match self {
+            Node::Page(l) => l.size(),
             Node::Leaf(l) => l.size,
             Node::Branch(b) => b.size,
             Node::Dead => 0,
@@ -108,6 +114,15 @@ enum View<'a> {
     M(&'a Node),
 }
 
+/// The view of a dirty node (a [`LeafBuf`] reads like a page).
+#[inline]
+fn mview(n: &Node) -> View<'_> {
+    match n {
+        Node::Page(l) => View::P(l.view()),
+        other => View::M(other),
+    }
+}
+
 /// Child index for `key` given the binary-search result over branch keys.
 #[inline]
 fn child_pos(r: Result<usize, usize>) -> usize {
@@ -134,7 +149,7 @@ impl<'a> Ctx<'a> {
     fn view(&self, c: Child) -> StoreResult<View<'a>> {
         match c {
             Child::Page(p) => Ok(View::P(self.map.node(p)?)),
-            Child::Node(n) => self.nodes.get(n).map(View::M).ok_or_else(|| internal("node index")),
+            Child::Node(n) => self.nodes.get(n).map(mview).ok_or_else(|| internal("node index")),
         }
     }
 
@@ -142,7 +157,7 @@ impl<'a> Ctx<'a> {
     fn is_leaf(v: &View<'a>) -> bool {
         match v {
             View::P(p) => p.leaf,
-            View::M(n) => matches!(n, Node::Leaf(_)),
+            View::M(n) => matches!(n, Node::Leaf(_) | Node::Page(_)),
         }
     }
 
@@ -153,6 +168,7 @@ impl<'a> Ctx<'a> {
             View::P(p) => p.count,
             View::M(Node::Leaf(l)) => l.entries.len(),
             View::M(Node::Branch(b)) => b.keys.len(),
+            View::M(Node::Page(l)) => l.count(),
             View::M(Node::Dead) => 0,
         }
     }
@@ -163,7 +179,7 @@ impl<'a> Ctx<'a> {
             View::P(p) => self.map.resolve(p, p.key(i)?),
             View::M(Node::Leaf(l)) => self.val(l.entries.get(i).ok_or_else(|| internal("leaf index"))?.0),
             View::M(Node::Branch(b)) => self.val(*b.keys.get(i).ok_or_else(|| internal("key index"))?),
-            View::M(Node::Dead) => Err(internal("read of a dead node")),
+            View::M(Node::Page(_)) | View::M(Node::Dead) => Err(internal("read of a dead node")),
         }
     }
 
@@ -196,7 +212,14 @@ impl<'a> Ctx<'a> {
         let (mut lo, mut hi) = (0, Self::count(v));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.key(v, mid)?.cmp(key) {
+            let k = match v {
+                View::P(p) => match p.inline_key(mid) {
+                    Some(k) => k,
+                    None => self.key(v, mid)?,
+                },
+                View::M(_) => self.key(v, mid)?,
+            };
+            match k.cmp(key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => return Ok(Ok(mid)),
@@ -404,14 +427,7 @@ impl TxnTrees {
     fn load(&mut self, pid: u64) -> StoreResult<usize> {
         let page = self.map.node(pid)?;
         let node = if page.leaf {
-            let mut entries = Vec::with_capacity(page.count + 4);
-            let mut size = 0;
-            for i in 0..page.count {
-                let (k, v) = page.leaf_entry(i)?;
-                size += leaf_entry_len(k.len(), v.len());
-                entries.push((val_of(&page, k), val_of(&page, v)));
-            }
-            Node::Leaf(Leaf { entries, size })
+            Node::Page(LeafBuf::from_page(&page)?)
         } else {
             let mut keys = Vec::with_capacity(page.count + 4);
             let mut children = Vec::with_capacity(page.count + 5);
@@ -464,7 +480,7 @@ impl TxnTrees {
         for _ in 0..MAX_DEPTH {
             let ci = {
                 let ctx = self.ctx();
-                let v = View::M(&self.nodes[cur]);
+                let v = mview(&self.nodes[cur]);
                 if Ctx::is_leaf(&v) {
                     return Ok(Some((cur, path)));
                 }
@@ -495,17 +511,66 @@ impl TxnTrees {
         }
     }
 
+    /// Turns a page-copy leaf into an entry list (inline bytes move to the arena).
+    fn to_entries(&mut self, n: usize) -> StoreResult<()> {
+        let Node::Page(lb) = &self.nodes[n] else { return Ok(()) };
+        let page = lb.view();
+        let mut entries = Vec::with_capacity(page.count + 8);
+        for i in 0..page.count {
+            let (k, v) = page.leaf_entry(i)?;
+            let mut own = |r: Ref| -> StoreResult<Val> {
+                Ok(match r {
+                    Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
+                    Ref::Ovf { page, len } => Val::Ovf { page, len },
+                })
+            };
+            entries.push((own(k)?, own(v)?));
+        }
+        let size = lb.size();
+        self.nodes[n] = Node::Leaf(Leaf { entries, size });
+        Ok(())
+    }
+
+    fn free_ref(&mut self, r: Ref) {
+        if let Ref::Ovf { page, len } = r {
+            self.free_val(Val::Ovf { page, len });
+        }
+    }
+
     pub(crate) fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> StoreResult<()> {
         self.changed = true;
-        let vv = push_arena(&mut self.arena, value);
         let Some((leaf, path)) = self.descend(t, key)? else {
             let kv = push_arena(&mut self.arena, key);
+            let vv = push_arena(&mut self.arena, value);
             let size = leaf_entry_len(key.len(), value.len());
             let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
             self.roots[t] = Some(Child::Node(n));
             return Ok(());
         };
-        let pos = self.ctx().search(&View::M(&self.nodes[leaf]), key)?;
+        let mut pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
+        if let Node::Page(lb) = &mut self.nodes[leaf] {
+            if key_inline(key.len()) && value_inline(key.len(), value.len()) {
+                // In place: drop the old entry (its key is inline too: same
+                // length), then insert the new one if it fits.
+                let old = match pos {
+                    Ok(i) => {
+                        pos = Err(i);
+                        Some(lb.remove(i)?.1)
+                    }
+                    Err(_) => None,
+                };
+                let Err(i) = pos else { return Err(internal("position")) };
+                let fits = lb.insert(i, key, value)?;
+                if let Some(r) = old {
+                    self.free_ref(r);
+                }
+                if fits {
+                    return Ok(());
+                }
+            }
+            self.to_entries(leaf)?;
+        }
+        let vv = push_arena(&mut self.arena, value);
         let Node::Leaf(l) = &mut self.nodes[leaf] else { return Err(internal("descend ended off a leaf")) };
         match pos {
             Ok(i) => {
@@ -529,13 +594,22 @@ impl TxnTrees {
             return Ok(false);
         }
         let Some((leaf, _)) = self.descend(t, key)? else { return Ok(false) };
-        let pos = self.ctx().search(&View::M(&self.nodes[leaf]), key)?;
+        let pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
         let Ok(i) = pos else { return Ok(false) };
-        let Node::Leaf(l) = &mut self.nodes[leaf] else { return Err(internal("descend ended off a leaf")) };
-        let (k, v) = l.entries.remove(i);
-        l.size -= leaf_entry_len(k.len(), v.len());
-        self.free_val(k);
-        self.free_val(v);
+        match &mut self.nodes[leaf] {
+            Node::Page(lb) => {
+                let (k, v) = lb.remove(i)?;
+                self.free_ref(k);
+                self.free_ref(v);
+            }
+            Node::Leaf(l) => {
+                let (k, v) = l.entries.remove(i);
+                l.size -= leaf_entry_len(k.len(), v.len());
+                self.free_val(k);
+                self.free_val(v);
+            }
+            _ => return Err(internal("descend ended off a leaf")),
+        }
         self.changed = true;
         Ok(true)
     }
@@ -604,7 +678,7 @@ impl TxnTrees {
                 b.size -= rsize - 8 + branch_entry_len(sep.len());
                 Ok((sep, Node::Branch(Branch { keys: rkeys, children: rchildren, size: rsize })))
             }
-            Node::Dead => Err(internal("split of a dead node")),
+            Node::Page(_) | Node::Dead => Err(internal("split of a page leaf or dead node")),
         }
     }
 
@@ -626,6 +700,7 @@ impl TxnTrees {
                 match &self.nodes[r] {
                     Node::Branch(b) if b.children.len() == 1 => self.roots[t] = Some(b.children[0]),
                     Node::Leaf(l) if l.entries.is_empty() => self.roots[t] = None,
+                    Node::Page(l) if l.count() == 0 => self.roots[t] = None,
                     _ => break,
                 }
             }
@@ -695,6 +770,8 @@ impl TxnTrees {
             let l = if i + 1 < len { i } else { i - 1 };
             let ln = self.ensure_child(n, l)?;
             let rn = self.ensure_child(n, l + 1)?;
+            self.to_entries(ln)?;
+            self.to_entries(rn)?;
             let sep = {
                 let Node::Branch(b) = &mut self.nodes[n] else { return Err(internal("merge parent")) };
                 b.children.remove(l + 1);
@@ -742,6 +819,11 @@ impl TxnTrees {
         };
         match std::mem::replace(&mut self.nodes[n], Node::Dead) {
             Node::Dead => Err(internal("spill of a dead node")),
+            Node::Page(lb) => {
+                let id = a.alloc(1);
+                out.push((id, lb.into_page(id, txid)));
+                Ok((vec![id], Vec::new()))
+            }
             Node::Leaf(l) => {
                 let sizes: Vec<usize> = l.entries.iter().map(|(k, v)| leaf_entry_len(k.len(), v.len())).collect();
                 let mut starts = split_points(&sizes, 0, NODE_CAP);
