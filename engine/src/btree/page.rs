@@ -403,24 +403,21 @@ pub(crate) struct LeafBuf {
     count: usize,
     /// Lowest cell offset: the free gap is `slots_end()..cell_lo`.
     cell_lo: usize,
-    /// Bytes the live entries take, slots included (as [`leaf_entry_len`]).
-    used: usize,
+    /// Bytes of cells removed since the last compaction; the cell area may
+    /// hold more garbage than this (from earlier transactions), so
+    /// [`LeafBuf::size`] is an upper bound until [`LeafBuf::compact`] runs.
+    garbage: usize,
 }
 
 impl LeafBuf {
-    /// Copies a verified leaf page.
+    /// Copies a verified leaf page. Reads only the slots: cells are checked
+    /// when they are read.
     pub(crate) fn from_page(page: &NodePage<'_>) -> StoreResult<LeafBuf> {
-        let mut used = 0;
         let mut cell_lo = PAGE_SIZE;
         for i in 0..page.count {
-            let (k, v) = page.leaf_entry(i)?;
-            used += leaf_entry_len(k.len(), v.len());
             cell_lo = cell_lo.min(page.cell(i)?);
         }
-        if used > NODE_CAP {
-            return Err(corrupt(page.id, "cells overlap"));
-        }
-        Ok(LeafBuf { buf: page.data.to_vec(), count: page.count, cell_lo, used })
+        Ok(LeafBuf { buf: page.data.to_vec(), count: page.count, cell_lo, garbage: 0 })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -431,9 +428,9 @@ impl LeafBuf {
         self.count
     }
 
-    /// Bytes in use, as a node size.
+    /// Bytes in use as a node size (an upper bound, see `garbage`).
     pub(crate) fn size(&self) -> usize {
-        self.used
+        (PAGE_SIZE - self.cell_lo - self.garbage) + 2 * self.count
     }
 
     fn slots_end(&self) -> usize {
@@ -451,7 +448,7 @@ impl LeafBuf {
         let (s, end) = (HEADER_LEN + 2 * i, self.slots_end());
         self.buf.copy_within(s + 2..end, s);
         self.set_count(self.count - 1);
-        self.used -= leaf_entry_len(k.len(), v.len());
+        self.garbage += leaf_entry_len(k.len(), v.len()) - 2;
         Ok((k, v))
     }
 
@@ -459,11 +456,11 @@ impl LeafBuf {
     pub(crate) fn insert(&mut self, i: usize, key: &[u8], value: &[u8]) -> StoreResult<bool> {
         debug_assert!(key_inline(key.len()) && value_inline(key.len(), value.len()));
         let need = leaf_entry_len(key.len(), value.len());
-        if self.used + need > NODE_CAP {
-            return Ok(false);
-        }
         if self.cell_lo < self.slots_end() + need {
             self.compact()?;
+            if self.cell_lo < self.slots_end() + need {
+                return Ok(false);
+            }
         }
         let at = self.cell_lo - (need - 2);
         self.buf[at] = 0;
@@ -475,7 +472,6 @@ impl LeafBuf {
         self.buf.copy_within(s..old_end, s + 2);
         self.buf[s..s + 2].copy_from_slice(&(at as u16).to_le_bytes());
         self.set_count(self.count + 1);
-        self.used += need;
         Ok(true)
     }
 
@@ -490,12 +486,16 @@ impl LeafBuf {
             let (k, v) = view.leaf_entry(i)?;
             let len = leaf_entry_len(k.len(), v.len()) - 2;
             let cell = self.buf.get(off..off + len).ok_or_else(|| corrupt(view.id, "cell out of bounds"))?;
+            if at < HEADER_LEN + 2 * self.count + len {
+                return Err(corrupt(view.id, "cells overlap"));
+            }
             at -= len;
             out[at..at + len].copy_from_slice(cell);
             out[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
         }
         self.buf = out;
         self.cell_lo = at;
+        self.garbage = 0;
         Ok(())
     }
 
@@ -694,6 +694,31 @@ mod tests {
         let (k, v) = p.leaf_entry(1).unwrap();
         assert!(matches!(k, Ref::Inline { len: 2, .. }));
         assert!(matches!(v, Ref::Ovf { page: 9, len: 5000 }));
+    }
+
+    #[test]
+    fn leaf_buf_replaces_compacts_and_fills() {
+        let page = encode_leaf(9, 1, &[(EncRef::Inline(b"a"), EncRef::Inline(b"1")), (EncRef::Inline(b"c"), EncRef::Inline(b"3"))]);
+        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap()).unwrap();
+        // Replacing one entry many times leaves garbage that compaction reclaims.
+        for round in 0..40u8 {
+            lb.remove(1).unwrap();
+            assert!(lb.insert(1, b"c", &[round; 900]).unwrap(), "round {round}");
+        }
+        assert!(lb.size() <= NODE_CAP);
+        // Fill up: inserts succeed until the page is full, then refuse.
+        let mut n = 0;
+        while lb.insert(2 + n, &[b'd', n as u8], &[0; 500]).unwrap() {
+            n += 1;
+        }
+        assert!(n >= 4, "{n}");
+        let out = lb.into_page(12, 2);
+        verify_crc(12, &out).unwrap();
+        let p = NodePage::parse(12, &out).unwrap();
+        assert_eq!(p.count, 2 + n);
+        let (k, v) = p.leaf_entry(1).unwrap();
+        assert_eq!(p.inline(match k { Ref::Inline { off, .. } => off, _ => 0 }, 1).unwrap(), b"c");
+        assert_eq!(v.len(), 900);
     }
 
     #[test]

@@ -516,8 +516,10 @@ impl TxnTrees {
         let Node::Page(lb) = &self.nodes[n] else { return Ok(()) };
         let page = lb.view();
         let mut entries = Vec::with_capacity(page.count + 8);
+        let mut size = 0;
         for i in 0..page.count {
             let (k, v) = page.leaf_entry(i)?;
+            size += leaf_entry_len(k.len(), v.len());
             let mut own = |r: Ref| -> StoreResult<Val> {
                 Ok(match r {
                     Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
@@ -526,7 +528,6 @@ impl TxnTrees {
             };
             entries.push((own(k)?, own(v)?));
         }
-        let size = lb.size();
         self.nodes[n] = Node::Leaf(Leaf { entries, size });
         Ok(())
     }
