@@ -20,6 +20,7 @@ use tonic::Status;
 use crate::config::Config;
 use crate::convert::HeaderInfo;
 use crate::error;
+use crate::lessor::Lessor;
 use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::state_machine::{Applied, StateMachine};
 
@@ -36,18 +37,26 @@ pub struct EtcdServer {
     pub member_id: u64,
     pub cluster_id: u64,
     pub cfg: Config,
+    pub lessor: Rc<Lessor>,
     next_id: Cell<u64>,
 }
 
 impl EtcdServer {
-    pub fn new(raft: MemberRaft, kv: Arc<KvStore<Db>>, member_id: u64, cluster_id: u64, cfg: Config) -> Self {
+    pub fn new(
+        raft: MemberRaft,
+        kv: Arc<KvStore<Db>>,
+        member_id: u64,
+        cluster_id: u64,
+        cfg: Config,
+        lessor: Rc<Lessor>,
+    ) -> Self {
         // Proposal ids: member id in the high bits, like etcd's idutil.
         let first = (member_id << 48) | (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64 & ((1 << 40) - 1))
             .unwrap_or(0)
             << 8);
-        EtcdServer { raft, kv, member_id, cluster_id, cfg, next_id: Cell::new(first) }
+        EtcdServer { raft, kv, member_id, cluster_id, cfg, lessor, next_id: Cell::new(first) }
     }
 
     /// etcd's request timeout: 5 s plus two election timeouts.

@@ -6,6 +6,7 @@ mod config;
 mod convert;
 mod error;
 mod etcd_server;
+mod lessor;
 mod membership;
 mod pb;
 mod state_machine;
@@ -210,8 +211,11 @@ async fn serve_member(
         events: mvcc::EventMode::None,
     };
     let kv = Arc::new(KvStore::open(db, mvcc_cfg).map_err(|e| e.to_string())?);
+    let lessor = Rc::new(lessor::Lessor::load(&kv, kv.config().min_lease_ttl)?);
+    let lease_hook = lessor.clone();
     let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(|_events: &mut Vec<mvcc::Event>, _revision: i64| {}))
-        .map_err(|e| format!("loading the state machine: {e}"))?;
+        .map_err(|e| format!("loading the state machine: {e}"))?
+        .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)));
     let raft: MemberRaft =
         MemberRaft::new(id.member_id, raft_config(&cfg)?, NoPeers::<StoreSnapshot>::default(), log_store.clone(), sm)
             .await
@@ -230,8 +234,9 @@ async fn serve_member(
             .collect();
         raft.initialize(nodes).await.map_err(|e| format!("bootstrapping the cluster: {e}"))?;
     }
-    let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg));
+    let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg, lessor));
     srv.start_compactor();
+    lessor::start(&srv);
     let routes = v3rpc::routes(srv.clone());
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");

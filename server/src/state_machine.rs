@@ -85,13 +85,34 @@ pub struct StateMachine {
     /// Called after each published batch with its events (revision order)
     /// and the store's revision after the batch (watch hub).
     on_apply: OnApply,
+    /// Called after each published batch with its lease changes (lessor).
+    on_lease: Option<LeaseHook>,
+}
+
+/// See [`StateMachine::with_lease_hook`].
+pub type LeaseHook = Rc<dyn Fn(&[crate::lessor::LeaseChange])>;
+
+/// The lease change an applied request made, if any.
+fn lease_change(revoke_id: Option<i64>, a: &Applied) -> Option<crate::lessor::LeaseChange> {
+    use crate::lessor::LeaseChange;
+    match a {
+        Applied::LeaseGrant(Ok(g)) => Some(LeaseChange::Granted { id: g.id, ttl: g.ttl }),
+        Applied::LeaseRevoke(Ok(_)) => revoke_id.map(|id| LeaseChange::Revoked { id }),
+        _ => None,
+    }
 }
 
 impl StateMachine {
     pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: OnApply) -> io::Result<Self> {
         let snap = kv.store().snapshot();
         let (applied, membership) = load_applied_state(&snap)?;
-        Ok(StateMachine { kv, applied, membership, unsynced: 0, sync_every: sync_every.max(1), snapshot: None, on_apply })
+        Ok(StateMachine { kv, applied, membership, unsynced: 0, sync_every: sync_every.max(1), snapshot: None, on_apply, on_lease: None })
+    }
+
+    /// Reports applied lease grants, revokes and checkpoints to `hook`.
+    pub fn with_lease_hook(mut self, hook: LeaseHook) -> Self {
+        self.on_lease = Some(hook);
+        self
     }
 
     /// Makes every published batch durable in the store file.
@@ -103,7 +124,26 @@ impl StateMachine {
 
     fn apply_batch(&mut self, batch: Vec<(u64, Req)>) -> MvccResult<Vec<Applied>> {
         let mut w = self.kv.write()?;
-        let out = batch.into_iter().map(|(index, req)| apply_one(&mut w, index, req)).collect();
+        let mut leases = Vec::new();
+        let out = batch
+            .into_iter()
+            .map(|(index, req)| {
+                let (revoke_id, checkpoints) = match &req {
+                    Req::LeaseRevoke(r) => (Some(r.id), None),
+                    Req::LeaseCheckpoint(c) => (None, Some(c.checkpoints.clone())),
+                    _ => (None, None),
+                };
+                let a = apply_one(&mut w, index, req);
+                leases.extend(lease_change(revoke_id, &a));
+                if let (Some(cps), Applied::LeaseCheckpoint(Ok(_))) = (checkpoints, &a) {
+                    leases.extend(cps.into_iter().map(|c| crate::lessor::LeaseChange::Checkpointed {
+                        id: c.id,
+                        remaining_ttl: c.remaining_ttl,
+                    }));
+                }
+                a
+            })
+            .collect();
         let mut events = w.take_events();
         let revision = w.revision();
         let mut view = w.into_view();
@@ -118,6 +158,9 @@ impl StateMachine {
         }
         view.commit().map_err(MvccError::Store)?;
         (self.on_apply)(&mut events, revision);
+        if let (Some(hook), false) = (&self.on_lease, leases.is_empty()) {
+            hook(&leases);
+        }
         Ok(out)
     }
 }

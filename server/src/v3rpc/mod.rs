@@ -1,9 +1,10 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc` package). RPCs not built yet
 //! answer `Unimplemented` (tonic's generated default), never a wrong answer:
-//! Watch, Lease, Auth, Lock and Election entirely; see each service.
+//! Watch, Auth, Lock and Election entirely; see each service.
 
 mod cluster_service;
 mod kv_service;
+mod lease_service;
 mod maintenance_service;
 
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use crate::etcd_server::EtcdServer;
 use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
-use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::v3electionpb::election_server::{Election, ElectionServer};
@@ -22,6 +23,7 @@ use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
 
 pub use cluster_service::ClusterService;
 pub use kv_service::KvService;
+pub use lease_service::LeaseService;
 pub use maintenance_service::MaintenanceService;
 
 /// Services with nothing built yet.
@@ -29,7 +31,6 @@ pub use maintenance_service::MaintenanceService;
 pub struct NotYet;
 
 impl Watch for NotYet {}
-impl Lease for NotYet {}
 impl Auth for NotYet {}
 impl Lock for NotYet {}
 impl Election for NotYet {}
@@ -43,7 +44,7 @@ pub fn routes(srv: Rc<EtcdServer>) -> Routes {
     let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
     Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(max))
         .add_service(WatchServer::new(NotYet))
-        .add_service(LeaseServer::new(NotYet))
+        .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
         .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX))
         .add_service(AuthServer::new(NotYet))
