@@ -156,6 +156,11 @@ pub fn kv(k: mvcc::KeyValue) -> mvccpb::KeyValue {
     }
 }
 
+/// A watch event (moves the bytes).
+pub fn event(e: mvcc::Event) -> mvccpb::Event {
+    mvccpb::Event { r#type: e.r#type as i32, kv: Some(kv(e.kv)), prev_kv: e.prev_kv.map(kv) }
+}
+
 fn range_body(r: mvcc::RangeResponse, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
     pb::RangeResponse { header, kvs: r.kvs.into_iter().map(kv).collect(), more: r.more, count: r.count }
 }

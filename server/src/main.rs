@@ -12,6 +12,7 @@ mod pb;
 mod state_machine;
 mod transport;
 mod v3rpc;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -208,12 +209,15 @@ async fn serve_member(
         max_txn_ops: cfg.max_txn_ops as usize,
         // etcd: ceil(1.5 × election timeout) seconds.
         min_lease_ttl: (3 * cfg.election_timeout as i64 + 1999) / 2000,
-        events: mvcc::EventMode::None,
+        // prev_kv is looked up by the watch hub only for watchers that ask.
+        events: mvcc::EventMode::Events,
     };
     let kv = Arc::new(KvStore::open(db, mvcc_cfg).map_err(|e| e.to_string())?);
     let lessor = Rc::new(lessor::Lessor::load(&kv, kv.config().min_lease_ttl)?);
     let lease_hook = lessor.clone();
-    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(|_events: &mut Vec<mvcc::Event>, _revision: i64| {}))
+    let hub = watch::WatchHub::new(kv.clone(), watch::Limits::from_env(), watch::progress_interval_from_env());
+    let apply_hub = hub.clone();
+    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(move |events: &mut Vec<mvcc::Event>, revision: i64| apply_hub.on_apply(events, revision)))
         .map_err(|e| format!("loading the state machine: {e}"))?
         .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)));
     let raft: MemberRaft =
@@ -237,7 +241,8 @@ async fn serve_member(
     let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg, lessor));
     srv.start_compactor();
     lessor::start(&srv);
-    let routes = v3rpc::routes(srv.clone());
+    hub.start(&srv);
+    let routes = v3rpc::routes(srv.clone(), hub.clone());
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");
         let l = transport::into_glommio(l);

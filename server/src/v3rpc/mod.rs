@@ -1,23 +1,25 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc` package). RPCs not built yet
 //! answer `Unimplemented` (tonic's generated default), never a wrong answer:
-//! Watch, Auth, Lock and Election entirely; see each service.
+//! Auth, Lock and Election entirely; see each service.
 
 mod cluster_service;
 mod kv_service;
 mod lease_service;
 mod maintenance_service;
+mod watch_service;
 
 use std::rc::Rc;
 
 use tonic::service::Routes;
 
 use crate::etcd_server::EtcdServer;
+use crate::watch::WatchHub;
 use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
-use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::v3electionpb::election_server::{Election, ElectionServer};
 use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
 
@@ -25,12 +27,12 @@ pub use cluster_service::ClusterService;
 pub use kv_service::KvService;
 pub use lease_service::LeaseService;
 pub use maintenance_service::MaintenanceService;
+pub use watch_service::WatchService;
 
 /// Services with nothing built yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NotYet;
 
-impl Watch for NotYet {}
 impl Auth for NotYet {}
 impl Lock for NotYet {}
 impl Election for NotYet {}
@@ -40,10 +42,10 @@ impl Election for NotYet {}
 const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// Every etcd v3 service on one router, for the executor that owns `srv`.
-pub fn routes(srv: Rc<EtcdServer>) -> Routes {
+pub fn routes(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> Routes {
     let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
     Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(max))
-        .add_service(WatchServer::new(NotYet))
+        .add_service(WatchServer::new(WatchService::new(srv.clone(), watch_hub)).max_decoding_message_size(max))
         .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
         .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
         .add_service(MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX))
