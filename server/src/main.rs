@@ -9,6 +9,7 @@ mod etcd_server;
 mod lessor;
 mod membership;
 mod pb;
+mod snapshot;
 mod state_machine;
 mod transport;
 mod v3rpc;

@@ -1,0 +1,117 @@
+//! Bad input gets a clear error and the server stays up: malformed
+//! protobuf, oversized messages, garbage on the socket, empty keys, invalid
+//! ranges, unknown leases.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
+use ironcd_tests::{ok, Scratch, Server};
+
+/// Sends one gRPC call with a raw body through curl (HTTP/2 prior
+/// knowledge); returns (grpc-status, grpc-message).
+fn raw_grpc(endpoint: &str, method: &str, frame: &[u8]) -> (String, String) {
+    let file = std::env::temp_dir().join(format!("ironcd-bad-{}-{}", std::process::id(), method.replace('/', "_")));
+    std::fs::write(&file, frame).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-v", "--http2-prior-knowledge", "--max-time", "10"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{endpoint}/{method}"))
+        .output()
+        .expect("curl");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    let header = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("< "))
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (header("grpc-status:"), header("grpc-message:"))
+}
+
+fn frame(len_field: u32, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8];
+    f.extend_from_slice(&len_field.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn malformed_and_oversized_messages_get_errors_and_the_server_stays_up() {
+    let dir = Scratch::new("bad-input");
+    let srv = Server::ironcd(dir.path());
+    let ep = srv.endpoint();
+
+    // Not a protobuf message: INTERNAL with the decode error, as grpc-go does.
+    let (code, msg) = raw_grpc(&ep, "etcdserverpb.KV/Put", &frame(5, &[0xff; 5]));
+    assert_eq!(code, "13", "{msg}");
+    assert!(msg.contains("decode"), "{msg}");
+
+    // A frame that claims more bytes than it carries.
+    let (code, _) = raw_grpc(&ep, "etcdserverpb.KV/Range", &frame(1000, b"\x0a\x01a"));
+    assert!(!code.is_empty() && code != "0", "a truncated frame must fail, got status {code:?}");
+
+    // An unknown method.
+    let (code, _) = raw_grpc(&ep, "etcdserverpb.KV/NoSuchMethod", &frame(0, b""));
+    assert_eq!(code, "12", "UNIMPLEMENTED");
+
+    // Garbage that is not HTTP at all, and a plain HTTP/1.1 request.
+    for junk in [&b"\x00\x01\x02 this is not http\r\n\r\n"[..], b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        let mut s = TcpStream::connect(&ep).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(junk).unwrap();
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+    }
+
+    // Still serving.
+    ok(&ep, &["put", "alive", "yes"]);
+    assert!(ok(&ep, &["get", "alive"]).contains("yes"));
+}
+
+#[test]
+fn invalid_requests_through_a_client_library() {
+    let dir = Scratch::new("bad-client");
+    let srv = Server::ironcd(dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect([srv.endpoint()], None).await.unwrap();
+        let e = c.put("", "v", None).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: key is not provided"), "{e}");
+        let e = c.get("", None).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: key is not provided"), "{e}");
+        let e = c.put("k", "v", Some(PutOptions::new().with_lease(777))).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: requested lease not found"), "{e}");
+        let e = c.put("k", "v", Some(PutOptions::new().with_ignore_value())).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: value is provided"), "{e}");
+        let e = c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: key not found"), "{e}");
+        let e = c.get("k", Some(GetOptions::new().with_revision(1 << 40))).await.unwrap_err();
+        assert!(e.to_string().contains("required revision is a future revision"), "{e}");
+
+        // Over --max-request-bytes (1.5 MiB) but within gRPC's allowance:
+        // etcd's own error. Beyond the allowance: gRPC's RESOURCE_EXHAUSTED.
+        let e = c.put("big", vec![0u8; 1_800_000], None).await.unwrap_err();
+        assert!(e.to_string().contains("etcdserver: request is too large"), "{e}");
+        match c.put("huge", vec![0u8; 3 << 20], None).await.unwrap_err() {
+            etcd_client::Error::GRpcStatus(st) => assert_eq!(st.code(), tonic::Code::ResourceExhausted, "{st}"),
+            other => panic!("expected a gRPC status, got {other}"),
+        }
+
+        // An inverted range is empty, not an error (etcd's behaviour).
+        c.put("m", "1", None).await.unwrap();
+        let r = c.get("z", Some(GetOptions::new().with_range("a"))).await.unwrap();
+        assert_eq!(r.count(), 0);
+        let d = c.delete("z", Some(DeleteOptions::new().with_range("a"))).await.unwrap();
+        assert_eq!(d.deleted(), 0);
+        let r = c.get("m", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value(), b"1");
+        assert_eq!(r.header().unwrap().revision(), 2, "nothing but the one put changed the revision");
+    });
+}
