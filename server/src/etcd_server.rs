@@ -83,6 +83,13 @@ impl EtcdServer {
 
     /// Refuses requests larger than `--max-request-bytes`, as etcd does.
     pub fn check_size(&self, encoded_len: usize) -> Result<(), Status> {
+        let grpc_max = self.cfg.max_request_bytes as usize + crate::v3rpc::GRPC_OVERHEAD;
+        if encoded_len > grpc_max {
+            // What grpc-go's server answers before etcd sees the request.
+            return Err(Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({encoded_len} vs. {grpc_max})"
+            )));
+        }
         if encoded_len > self.cfg.max_request_bytes as usize {
             return Err(error::request_too_large());
         }

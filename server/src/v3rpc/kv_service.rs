@@ -36,6 +36,7 @@ fn unexpected(a: Applied) -> Status {
 impl EtcdServer {
     async fn range(&self, md: &tonic::metadata::MetadataMap, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         self.check_has_leader(md)?;
+        self.check_size(r.encoded_len())?;
         let r = convert::range_req(r)?;
         validate::check_range_request(&r).map_err(error::mvcc)?;
         if !r.serializable {

@@ -39,12 +39,17 @@ impl Election for NotYet {}
 
 /// gRPC's own overhead allowed on top of `--max-request-bytes` (etcd's
 /// `grpcOverheadBytes`).
-const GRPC_OVERHEAD: usize = 512 * 1024;
+pub const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// What tonic may buffer for one KV message. Larger than etcd's gRPC limit
+/// (`--max-request-bytes` + [`GRPC_OVERHEAD`]) so the handlers can answer
+/// with grpc-go's own code and text (`EtcdServer::check_size`).
+const KV_DECODE_LIMIT: usize = 64 << 20;
 
 /// Every etcd v3 service on one router, for the executor that owns `srv`.
 pub fn routes(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> Routes {
     let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
-    Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(max))
+    Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(KV_DECODE_LIMIT.max(max)))
         .add_service(WatchServer::new(WatchService::new(srv.clone(), watch_hub)).max_decoding_message_size(max))
         .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
         .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
