@@ -2,6 +2,7 @@
 //! store, starts its raft group and serves the etcd v3 gRPC API on a glommio
 //! executor. Threading and data flow: `docs/server.md`.
 
+mod auto_compact;
 mod config;
 mod convert;
 mod error;
@@ -163,6 +164,7 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
 
 fn run(cfg: Config) -> Result<(), String> {
     let id = identity(&cfg)?;
+    let auto_compaction = auto_compact::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
     let data_dir = cfg.data_dir();
     refuse_etcd_data_dir(&data_dir)?;
     tracing::info!(
@@ -187,7 +189,7 @@ fn run(cfg: Config) -> Result<(), String> {
     }
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .name("ironcd-raft-core")
-        .spawn(move || async move { serve_member(cfg, id, data_dir, listeners, stop).await })
+        .spawn(move || async move { serve_member(cfg, id, data_dir, listeners, stop, auto_compaction).await })
         .map_err(|e| format!("starting executor: {e}"))?;
     ex.join().map_err(|e| format!("executor failed: {e}"))?
 }
@@ -198,6 +200,7 @@ async fn serve_member(
     data_dir: PathBuf,
     listeners: Vec<(String, std::net::TcpListener)>,
     stop: Arc<AtomicBool>,
+    auto_compaction: auto_compact::Policy,
 ) -> Result<(), String> {
     let member_dir = data_dir.join("member");
     std::fs::create_dir_all(&member_dir).map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
@@ -241,6 +244,7 @@ async fn serve_member(
     }
     let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg, lessor));
     srv.start_compactor();
+    auto_compact::start(Rc::downgrade(&srv), auto_compaction);
     lessor::start(&srv);
     hub.start(&srv);
     let routes = v3rpc::routes(srv.clone(), hub.clone());

@@ -235,3 +235,27 @@ fn snapshot_save_streams_a_consistent_copy_with_its_checksum() {
     }
     assert!(body.windows(big.len()).any(|w| w == big.as_bytes()));
 }
+
+#[test]
+fn periodic_auto_compaction_compacts_old_history() {
+    let dir = Scratch::new("autocompact");
+    let srv = Server::start(Kind::Ironcd, dir.path(), &["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"]);
+    let ep = srv.endpoint();
+    for i in 0..5 {
+        ok(&ep, &["put", "k", &i.to_string()]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = etcdctl(&ep, &["get", "k", "--rev", "2"]);
+        if !out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("required revision has been compacted"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no auto compaction within 30 s; log:\n{}", srv.log_text());
+        ok(&ep, &["put", "k", "more"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(srv.log_text().contains("completed auto periodic compaction"));
+    // Latest data is intact.
+    assert!(ok(&ep, &["get", "k"]).contains("more"));
+}
