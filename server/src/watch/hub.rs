@@ -47,6 +47,9 @@ const SYNC_BUDGET: usize = 64;
 /// How often the sync task looks for work it was not told about (etcd: 100 ms).
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
+/// etcd's `grpcOverheadBytes`.
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
 pub const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
@@ -175,7 +178,7 @@ pub struct WatchHub {
     kv: Arc<KvStore<Db>>,
     inner: RefCell<Inner>,
     server: RefCell<Weak<EtcdServer>>,
-    /// `--max-request-bytes`: fragments stay under it.
+    /// Fragments stay under this (etcd: `--max-request-bytes` + 512 KiB).
     max_request_bytes: Cell<usize>,
     limits: Limits,
     progress_interval: Duration,
@@ -293,7 +296,8 @@ impl WatchHub {
     /// starts the task that catches unsynced watchers up.
     pub fn start(self: &Rc<Self>, srv: &Rc<EtcdServer>) {
         *self.server.borrow_mut() = Rc::downgrade(srv);
-        self.max_request_bytes.set(srv.cfg.max_request_bytes as usize);
+        // etcd's watch server: `--max-request-bytes` plus gRPC's overhead allowance.
+        self.max_request_bytes.set(srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD);
         let hub = self.clone();
         glommio::spawn_local(async move {
             loop {
