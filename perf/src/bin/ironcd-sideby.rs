@@ -1,0 +1,17 @@
+//! `ironcd-sideby`: real etcd and ironcd, same workloads, in alternation (see `docs/perf.md`).
+
+use clap::Parser;
+use ironcd_perf::sideby::{run, SideArgs};
+
+fn main() {
+    let args = SideArgs::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(dir) => eprintln!("report written to {}", dir.display()),
+        Err(e) => {
+            ironcd_perf::procs::stop_all_started();
+            eprintln!("ironcd-sideby: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Server processes the side-by-side runner starts: real etcd and ironcd on
+//! loopback ports, each with its own data dir. Every process started here is
+//! registered by PID and stopped by PID (SIGTERM, then SIGKILL after a grace
+//! period) when dropped, on error, and on SIGINT/SIGTERM of the runner.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    Etcd,
+    Ironcd,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Etcd => "etcd",
+            Kind::Ironcd => "ironcd",
+        }
+    }
+}
+
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn register(pid: u32) {
+    STARTED.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+fn unregister(pid: u32) {
+    STARTED.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
+}
+
+fn alive(pid: u32) -> bool {
+    // Reaped children are gone; zombies still answer kill(0), so check /proc state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Stops every process this runner started (SIGTERM, 5 s grace, SIGKILL).
+/// Used by the signal handler; normal paths stop servers one by one.
+pub fn stop_all_started() {
+    let pids: Vec<u32> = STARTED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for &p in &pids {
+        unsafe { libc::kill(p as libc::pid_t, libc::SIGTERM) };
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) && pids.iter().any(|&p| alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &p in &pids {
+        if alive(p) {
+            unsafe { libc::kill(p as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// On SIGINT/SIGTERM/SIGHUP: stop what we started, then exit(130).
+pub fn install_signal_handler() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).expect("signal handler");
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("\nsignal {sig}: stopping the servers this run started");
+            stop_all_started();
+            std::process::exit(130);
+        }
+    });
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+/// Resident and peak memory of a process, bytes (`VmRSS`, `VmHWM`).
+pub fn mem_of(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((status_kb(&s, "VmRSS:")? * 1024, status_kb(&s, "VmHWM:")? * 1024))
+}
+
+pub fn status_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets a process's peak RSS (VmHWM) to its current RSS (`clear_refs` 5).
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// A server process this runner started.
+pub struct Server {
+    pub kind: Kind,
+    pub bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub child: Option<Child>,
+    pub started_at: Instant,
+    pub extra_args: Vec<String>,
+}
+
+impl Server {
+    /// Prepares (does not start) a server with a data dir `dir/<kind>` and fresh loopback ports.
+    pub fn new(kind: Kind, bin: &Path, dir: &Path, extra_args: Vec<String>) -> Server {
+        let data_dir = dir.join(kind.name());
+        Server {
+            kind,
+            bin: bin.to_path_buf(),
+            log: dir.join(format!("{}.log", kind.name())),
+            data_dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            started_at: Instant::now(),
+            extra_args,
+        }
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Starts the process (same flags for both: etcd's).
+    pub fn start(&mut self) -> std::io::Result<()> {
+        assert!(self.child.is_none(), "already started");
+        std::fs::create_dir_all(self.data_dir.parent().expect("parent"))?;
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--name")
+            .arg("n")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(self.client_url())
+            .arg("--advertise-client-urls")
+            .arg(self.client_url())
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("n={peer}"))
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // Own process group: a terminal's ctrl-c reaches the runner, which stops servers in order.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        self.started_at = Instant::now();
+        let child = cmd.spawn()?;
+        register(child.id());
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Has the process exited (and why)?
+    pub fn exited(&mut self) -> Option<String> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(st)) => Some(format!("{} exited: {st} (log: {})", self.kind.name(), self.log.display())),
+            _ => None,
+        }
+    }
+
+    pub fn mem(&self) -> Option<(u64, u64)> {
+        mem_of(self.pid()?)
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the time it took to exit after SIGTERM.
+    pub fn stop(&mut self, grace: Duration) -> Duration {
+        let Some(mut c) = self.child.take() else { return Duration::ZERO };
+        let pid = c.id();
+        let t = Instant::now();
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if t.elapsed() >= grace => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        unregister(pid);
+        t.elapsed()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Total size of the files under `dir`, bytes.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        n += 1;
+        if n > 100_000 {
+            break;
+        }
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_status() {
+        let s = "Name:\tetcd\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(status_kb(s, "VmRSS:"), Some(1024));
+        assert_eq!(status_kb(s, "VmHWM:"), Some(2048));
+        assert_eq!(status_kb(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn own_memory_is_readable() {
+        let (rss, hwm) = mem_of(std::process::id()).expect("/proc/self/status");
+        assert!(rss > 0 && hwm >= rss);
+    }
+}
