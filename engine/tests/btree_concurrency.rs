@@ -64,7 +64,7 @@ fn readers_see_consistent_snapshots_during_heavy_writes() {
                         }
                     }
                     // Hold some snapshots across many commits, re-verify later.
-                    if n % 7 == 0 {
+                    if n.checked_rem(7) == Some(0) {
                         held.push((g, s));
                     }
                     if held.len() > 4 {

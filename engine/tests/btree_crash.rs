@@ -282,5 +282,5 @@ fn sync_failure_poisons_until_reopen() {
     assert_eq!(db.snapshot().get(Tree::Kv, b"a").unwrap(), Some(&b"1"[..]));
     assert_eq!(db.snapshot().get(Tree::Kv, b"b").unwrap(), None);
     db.check().unwrap();
-    assert!(reopened.len().unwrap() >= 2 * PAGE_SIZE as u64);
+    assert!(reopened.file_len().unwrap() >= 2 * PAGE_SIZE as u64);
 }

@@ -231,15 +231,16 @@ pub struct Db {
     writer: Mutex<WriterState>,
 }
 
-fn io_err(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
-    move |source| StoreError::Io { context, source }
+/// Maps an I/O error, building the context only on failure.
+fn io_err(context: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { context: context(), source }
 }
 
 impl Db {
     /// Opens or creates the store file at `path` (e.g. `<data-dir>/member/kv.db`).
     pub fn open(path: impl AsRef<Path>, opts: DbOptions) -> StoreResult<Db> {
         let path = path.as_ref();
-        let io = FileIo::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let io = FileIo::open(path).map_err(io_err(|| format!("opening {}", path.display())))?;
         Self::open_with_io(Arc::new(io), opts)
     }
 
@@ -247,10 +248,10 @@ impl Db {
     /// O(1): reads the two meta pages, nothing else.
     pub fn open_with_io(io: Arc<dyn PageIo>, opts: DbOptions) -> StoreResult<Db> {
         let name = io.describe();
-        let mut len = io.len().map_err(io_err(format!("reading the size of {name}")))?;
+        let mut len = io.file_len().map_err(io_err(|| format!("reading the size of {name}")))?;
         if len < 2 * PS {
             if len > 0 {
-                let m = io.map().map_err(io_err(format!("mapping {name}")))?;
+                let m = io.map().map_err(io_err(|| format!("mapping {name}")))?;
                 let mapped = Mapped::new(m, None, false);
                 let blank = mapped.bytes(0, len as usize).is_some_and(|b| b.iter().all(|&x| x == 0));
                 if !blank {
@@ -258,15 +259,15 @@ impl Db {
                 }
             }
             Self::init(&*io, &opts, &name)?;
-            len = io.len().map_err(io_err(format!("reading the size of {name}")))?;
+            len = io.file_len().map_err(io_err(|| format!("reading the size of {name}")))?;
         }
-        let mut map = Mapped::new(io.map().map_err(io_err(format!("mapping {name}")))?, None, opts.verify_every_read);
+        let mut map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, None, opts.verify_every_read);
         let (meta, slot) = match Self::pick_meta(&map, &name)? {
             Some(x) => x,
             None => {
                 Self::init(&*io, &opts, &name)?;
-                len = io.len().map_err(io_err(format!("reading the size of {name}")))?;
-                map = Mapped::new(io.map().map_err(io_err(format!("mapping {name}")))?, None, opts.verify_every_read);
+                len = io.file_len().map_err(io_err(|| format!("reading the size of {name}")))?;
+                map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, None, opts.verify_every_read);
                 Self::pick_meta(&map, &name)?.ok_or_else(|| StoreError::Corrupt(format!("{name}: meta pages unreadable after initialisation")))?
             }
         };
@@ -301,12 +302,12 @@ impl Db {
     /// Writes the two initial meta pages of an empty store.
     fn init(io: &dyn PageIo, opts: &DbOptions, name: &str) -> StoreResult<()> {
         let size = opts.initial_size.max(2 * PS).div_ceil(PS) * PS;
-        io.grow(size).map_err(io_err(format!("growing {name}")))?;
+        io.grow(size).map_err(io_err(|| format!("growing {name}")))?;
         let meta = Meta { txid: 0, applied: 0, hwm: 2, freelist: 0, free_count: 0, roots: [0; Tree::COUNT] };
         let buf = encode_meta(&meta);
-        io.write_at(0, &buf).map_err(io_err(format!("writing meta page 0 of {name}")))?;
-        io.write_at(PS, &buf).map_err(io_err(format!("writing meta page 1 of {name}")))?;
-        io.sync_data().map_err(io_err(format!("fdatasync of {name}")))
+        io.write_at(0, &buf).map_err(io_err(|| format!("writing meta page 0 of {name}")))?;
+        io.write_at(PS, &buf).map_err(io_err(|| format!("writing meta page 1 of {name}")))?;
+        io.sync_data().map_err(io_err(|| format!("fdatasync of {name}")))
     }
 
     /// The newest valid meta and its slot; `None` if both are blank.
@@ -383,11 +384,11 @@ impl Db {
         if need > g.file_len {
             let step = g.file_len.clamp(1 << 20, 1 << 30);
             let new_len = need.max(g.file_len + step).div_ceil(PS) * PS;
-            self.io.grow(new_len).map_err(io_err(format!("growing {} to {new_len} bytes", self.name)))?;
+            self.io.grow(new_len).map_err(io_err(|| format!("growing {} to {new_len} bytes", self.name)))?;
             g.file_len = new_len;
         }
         if g.file_len > g.map.len() {
-            let m = self.io.map().map_err(io_err(format!("mapping {}", self.name)))?;
+            let m = self.io.map().map_err(io_err(|| format!("mapping {}", self.name)))?;
             g.map = Arc::new(Mapped::new(m, Some(&g.map), self.opts.verify_every_read));
         }
         Ok(())
@@ -400,7 +401,7 @@ impl Db {
         for (p, data) in out.iter() {
             self.io
                 .write_at(p * PS, data)
-                .map_err(io_err(format!("writing page {p} of {}", self.name)))?;
+                .map_err(io_err(|| format!("writing page {p} of {}", self.name)))?;
             g.map.mark_verified(*p);
         }
         Ok(())
@@ -445,7 +446,7 @@ impl Db {
             })
             .collect();
         self.write_pages(g, &mut out)?;
-        self.io.sync_data().map_err(io_err(format!("fdatasync of {} (pages)", self.name)))?;
+        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (pages)", self.name)))?;
         let meta = Meta {
             txid: cur.txid,
             applied: cur.applied,
@@ -457,8 +458,8 @@ impl Db {
         let slot = 1 - g.durable_slot;
         self.io
             .write_at(slot * PS, &encode_meta(&meta))
-            .map_err(io_err(format!("writing meta page {slot} of {}", self.name)))?;
-        self.io.sync_data().map_err(io_err(format!("fdatasync of {} (meta)", self.name)))?;
+            .map_err(io_err(|| format!("writing meta page {slot} of {}", self.name)))?;
+        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (meta)", self.name)))?;
         // Only the superseded meta reached the old freelist pages.
         let old = std::mem::replace(&mut g.freelist_pages, fl_pages);
         g.free.extend(old);
@@ -519,7 +520,7 @@ impl Db {
             return Ok(());
         }
         let every = if g.hwm > (128 << 20) / PS { every * 16 } else { every };
-        if g.syncs % every == 0 {
+        if g.syncs.checked_rem(every) == Some(0) {
             self.check_locked(g)?;
         }
         Ok(())

@@ -34,10 +34,10 @@ pub unsafe trait PageMap: Send + Sync {
 /// The file operations the B-tree needs. Offsets and lengths are in bytes.
 pub trait PageIo: Send + Sync + 'static {
     /// Current file length.
-    fn len(&self) -> io::Result<u64>;
+    fn file_len(&self) -> io::Result<u64>;
     /// Extends the file (zero-filled) to `len`; never shrinks it.
     fn grow(&self, len: u64) -> io::Result<()>;
-    /// Writes `data` at `offset`; `offset + data.len()` never exceeds `len()`.
+    /// Writes `data` at `offset`; `offset + data.len()` never exceeds `file_len()`.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// `fdatasync`: every earlier write and growth becomes durable.
     fn sync_data(&self) -> io::Result<()>;
@@ -107,7 +107,7 @@ unsafe impl PageMap for MmapRw {
 }
 
 impl PageIo for FileIo {
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
     fn grow(&self, len: u64) -> io::Result<()> {
@@ -340,7 +340,7 @@ impl FaultIo {
 }
 
 impl PageIo for FaultIo {
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.lock().buf.len as u64)
     }
     fn grow(&self, len: u64) -> io::Result<()> {

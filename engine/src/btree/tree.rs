@@ -95,6 +95,9 @@ pub(crate) enum Child {
     Node(usize),
 }
 
+/// `(branch node, child index)` from the root down to a leaf.
+type PathStack = Vec<(usize, usize)>;
+
 /// Hands out page runs for a commit.
 pub(crate) trait Alloc {
     /// `n` contiguous fresh pages; returns the first.
@@ -465,7 +468,7 @@ impl TxnTrees {
 
     /// Makes the path to `key` dirty; returns the leaf and the `(branch,
     /// child index)` path above it, or `None` for an empty tree.
-    fn descend(&mut self, t: usize, key: &[u8]) -> StoreResult<Option<(usize, Vec<(usize, usize)>)>> {
+    fn descend(&mut self, t: usize, key: &[u8]) -> StoreResult<Option<(usize, PathStack)>> {
         let root = match self.roots[t] {
             None => return Ok(None),
             Some(Child::Node(n)) => n,
@@ -512,7 +515,7 @@ impl TxnTrees {
     }
 
     /// Turns a page-copy leaf into an entry list (inline bytes move to the arena).
-    fn to_entries(&mut self, n: usize) -> StoreResult<()> {
+    fn make_entry_list(&mut self, n: usize) -> StoreResult<()> {
         let Node::Page(lb) = &self.nodes[n] else { return Ok(()) };
         let page = lb.view();
         let mut entries = Vec::with_capacity(page.count + 8);
@@ -569,7 +572,7 @@ impl TxnTrees {
                     return Ok(());
                 }
             }
-            self.to_entries(leaf)?;
+            self.make_entry_list(leaf)?;
         }
         let vv = push_arena(&mut self.arena, value);
         let Node::Leaf(l) = &mut self.nodes[leaf] else { return Err(internal("descend ended off a leaf")) };
@@ -771,8 +774,8 @@ impl TxnTrees {
             let l = if i + 1 < len { i } else { i - 1 };
             let ln = self.ensure_child(n, l)?;
             let rn = self.ensure_child(n, l + 1)?;
-            self.to_entries(ln)?;
-            self.to_entries(rn)?;
+            self.make_entry_list(ln)?;
+            self.make_entry_list(rn)?;
             let sep = {
                 let Node::Branch(b) = &mut self.nodes[n] else { return Err(internal("merge parent")) };
                 b.children.remove(l + 1);
