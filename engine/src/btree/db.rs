@@ -3,7 +3,7 @@
 //!
 //! Commit protocol (`docs/btree.md`, "Commit protocol"):
 //! - [`WriteView::commit`] *publishes*: it writes every new page of the
-//!   transaction with `pwrite` into pages no live version and no durable meta
+//!   transaction (`PageIo::write_at`) into pages no live version and no durable meta
 //!   can reach, then swaps the in-memory current version. No `fdatasync`.
 //! - [`Store::sync`] makes the newest published version durable: write the
 //!   freelist pages, `fdatasync`, write the meta page into the slot *not*

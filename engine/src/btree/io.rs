@@ -1,6 +1,6 @@
 //! The I/O seam: every byte the B-tree writes goes through [`PageIo`], every
 //! byte it reads comes from a [`PageMap`]. [`FileIo`] is the real backend
-//! (pwrite + fdatasync + memmap2); [`FaultIo`] keeps the file in memory,
+//! (writes through a shared writable memmap2 map, fdatasync); [`FaultIo`] keeps the file in memory,
 //! remembers what was made durable, injects I/O errors and produces the file
 //! a crash would leave behind.
 

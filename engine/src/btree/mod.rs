@@ -2,7 +2,7 @@
 //!
 //! One file of 4 KiB pages holds every [`crate::kv::Tree`]; two meta pages
 //! name the newest durable root set. A write transaction copies the nodes it
-//! changes; `commit` publishes them (pwrite, no fsync) and `sync` makes them
+//! changes; `commit` publishes them (written into the map, no fsync) and `sync` makes them
 //! durable (fdatasync, alternate meta page, fdatasync). Readers pin a
 //! snapshot and read straight from the map, lock-free and zero-copy.
 //! Format, commit protocol and crash analysis: `docs/btree.md`.
