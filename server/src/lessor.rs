@@ -150,7 +150,8 @@ impl Lessor {
         Ok(Lessor::new(leases, min_ttl))
     }
 
-    pub fn len(&self) -> usize {
+    /// How many leases exist.
+    pub fn count(&self) -> usize {
         self.inner.borrow().leases.len()
     }
 
@@ -361,7 +362,7 @@ async fn track_leadership(weak: Weak<EtcdServer>) {
                         let extend = Duration::from_millis(srv.cfg.election_timeout);
                         srv.lessor.promote(extend, Instant::now());
                         promoted_term = Some(term);
-                        tracing::info!(leases = srv.lessor.len(), term, "lessor promoted");
+                        tracing::info!(leases = srv.lessor.count(), term, "lessor promoted");
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "lessor promotion waits for the leader's first entry"),
