@@ -242,6 +242,39 @@ fn restart_resets_remaining_ttl_like_etcd() {
     }
 }
 
+/// `etcdctl lease keep-alive` (streaming) keeps a 2 s lease and its key
+/// alive for 5 s; once the keep-alive stops, the key goes. Same on both servers.
+#[test]
+fn etcdctl_streaming_keep_alive() {
+    let dir = Scratch::new("lease-stream");
+    for kind in [Kind::Etcd, Kind::Ironcd] {
+        let srv = Server::start(kind, dir.path(), &[]);
+        let ep = srv.endpoint();
+        let out = ironcd_tests::ok(&ep, &["lease", "grant", "2"]);
+        let id = out.split_whitespace().nth(1).expect("lease id").to_string();
+        ironcd_tests::ok(&ep, &["put", "--lease", &id, "alive", "x"]);
+        let mut child = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args(["lease", "keep-alive", &id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcdctl lease keep-alive");
+        std::thread::sleep(Duration::from_secs(5));
+        let still = ironcd_tests::ok(&ep, &["get", "alive", "--print-value-only"]);
+        // Only the etcdctl this test started, by its own handle.
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("keep-alive output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let answers = stdout.lines().filter(|l| *l == format!("lease {id} keepalived with TTL(2)")).count();
+        assert_eq!(still.trim(), "x", "{kind:?}: the key must live while kept alive");
+        assert!(answers >= 3, "{kind:?}: {answers} keep-alive answers in 5 s:\n{stdout}");
+        assert!(wait_gone(&ep, "alive"), "{kind:?}: the key must go once the keep-alive stops");
+    }
+}
+
 // ------------------------------------------------------------- etcd-client
 
 fn status_of(e: etcd_client::Error) -> String {
