@@ -13,7 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_protos(
-            &["proto/rpc.proto", "proto/v3lock.proto", "proto/v3election.proto", "proto/ironcd_internal.proto"],
+            &[
+                "proto/rpc.proto",
+                "proto/v3lock.proto",
+                "proto/v3election.proto",
+                "proto/ironcd_internal.proto",
+            ],
             &["proto"],
         )?;
     Ok(())
@@ -21,5 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn which_protoc() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("protoc")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("protoc"))
+        .find(|p| p.is_file())
 }

@@ -37,44 +37,17 @@ pub fn parse(mode: &str, retention: &str) -> Result<Policy, String> {
             (_, h) => Policy::Periodic(Duration::from_secs(h as u64 * 3600)),
         });
     }
-    let d = parse_go_duration(retention).ok_or_else(|| format!("error parsing CompactionRetention: {retention:?}"))?;
+    let d = crate::config::parse_go_duration(retention)
+        .ok_or_else(|| format!("error parsing CompactionRetention: {retention:?}"))?;
     if d.is_zero() {
         return Ok(Policy::Off);
     }
     match mode {
-        "revision" => Err(format!("--auto-compaction-retention={retention:?} is not a revision count")),
+        "revision" => Err(format!(
+            "--auto-compaction-retention={retention:?} is not a revision count"
+        )),
         _ => Ok(Policy::Periodic(d)),
     }
-}
-
-/// Go's `time.ParseDuration` for non-negative values ("1h30m", "90s", "1.5h", "300ms").
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    if rest == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * secs;
-        rest = &rest[unit_end..];
-    }
-    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Starts the compactor for `policy` on the current executor.
@@ -92,7 +65,13 @@ pub fn start(srv: Weak<EtcdServer>, policy: Policy) {
 
 /// Proposes a compaction; `Ok` also when the revision was already compacted.
 async fn compact(srv: &EtcdServer, rev: i64) -> Result<(), String> {
-    match srv.propose(Req::Compaction(CompactionRequest { revision: rev, physical: false })).await {
+    match srv
+        .propose(Req::Compaction(CompactionRequest {
+            revision: rev,
+            physical: false,
+        }))
+        .await
+    {
         Ok(Applied::Compaction(Ok(_))) => Ok(()),
         Ok(Applied::Compaction(Err(ironcd_engine::mvcc::MvccError::Compacted))) => Ok(()),
         Ok(other) => Err(format!("{other:?}")),
@@ -146,12 +125,18 @@ async fn revision(srv: Weak<EtcdServer>, keep: i64, every: Duration) {
     loop {
         glommio::timer::sleep(every).await;
         let Some(s) = srv.upgrade() else { return };
-        let Some(cur) = current_revision(&s) else { continue };
+        let Some(cur) = current_revision(&s) else {
+            continue;
+        };
         let rev = cur - keep;
         if rev <= 0 || rev == prev {
             continue;
         }
-        tracing::info!(revision = rev, revision_compaction_retention = keep, "starting auto revision compaction");
+        tracing::info!(
+            revision = rev,
+            revision_compaction_retention = keep,
+            "starting auto revision compaction"
+        );
         match compact(&s, rev).await {
             Ok(()) => {
                 prev = rev;
@@ -169,11 +154,23 @@ mod tests {
     #[test]
     fn retention_is_parsed_like_etcd() {
         assert_eq!(parse("periodic", "0"), Ok(Policy::Off));
-        assert_eq!(parse("periodic", "1"), Ok(Policy::Periodic(Duration::from_secs(3600))));
+        assert_eq!(
+            parse("periodic", "1"),
+            Ok(Policy::Periodic(Duration::from_secs(3600)))
+        );
         assert_eq!(parse("revision", "1000"), Ok(Policy::Revision(1000)));
-        assert_eq!(parse("periodic", "10m"), Ok(Policy::Periodic(Duration::from_secs(600))));
-        assert_eq!(parse("periodic", "1h30m"), Ok(Policy::Periodic(Duration::from_secs(5400))));
-        assert_eq!(parse("periodic", "1.5s"), Ok(Policy::Periodic(Duration::from_millis(1500))));
+        assert_eq!(
+            parse("periodic", "10m"),
+            Ok(Policy::Periodic(Duration::from_secs(600)))
+        );
+        assert_eq!(
+            parse("periodic", "1h30m"),
+            Ok(Policy::Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            parse("periodic", "1.5s"),
+            Ok(Policy::Periodic(Duration::from_millis(1500)))
+        );
         assert!(parse("periodic", "ten minutes").is_err());
         assert!(parse("periodic", "-1").is_err());
         assert!(parse("revision", "10m").is_err());

@@ -3,6 +3,7 @@
 //! ironcd's own tuning flags under their own names.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -34,15 +35,30 @@ pub struct Config {
     pub wal_dir: Option<PathBuf>,
 
     /// List of URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
 
     /// List of this member's client URLs to advertise to the public.
-    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     pub advertise_client_urls: Vec<String>,
 
     /// List of URLs to listen on for peer traffic.
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     pub listen_peer_urls: Vec<String>,
 
     /// List of this member's peer URLs to advertise to the rest of the cluster.
@@ -64,7 +80,11 @@ pub struct Config {
     pub initial_cluster_state: String,
 
     /// Initial cluster token for the cluster during bootstrap.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
 
     /// Number of committed transactions to trigger a snapshot to disk.
@@ -99,6 +119,15 @@ pub struct Config {
     #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
     pub auto_compaction_retention: String,
 
+    /// Duration of periodic watch progress notifications (etcd's experimental flag).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_progress_interval
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
+
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info",
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
@@ -109,7 +138,11 @@ pub struct Config {
     pub cores: usize,
 
     /// Pin each executor to its own CPU.
-    #[arg(long = "ironcd-pin-cores", env = "IRONCD_PIN_CORES", default_value_t = false)]
+    #[arg(
+        long = "ironcd-pin-cores",
+        env = "IRONCD_PIN_CORES",
+        default_value_t = false
+    )]
     pub pin_cores: bool,
 
     /// Size of each WAL segment file in bytes.
@@ -117,21 +150,72 @@ pub struct Config {
     pub wal_segment_bytes: u64,
 }
 
+/// Go's `time.ParseDuration` for non-negative values ("1h30m", "90s", "1.5h", "300ms").
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * secs;
+        rest = &rest[unit_end..];
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// At least 100 ms, as etcd enforces; 0 means the default.
+fn parse_progress_interval(s: &str) -> Result<Duration, String> {
+    match parse_go_duration(s) {
+        Some(d) if d.is_zero() => Ok(Duration::from_secs(600)),
+        Some(d) => Ok(d.max(Duration::from_millis(100))),
+        None => Err(format!(
+            "invalid duration {s:?} (Go syntax: 10m, 500ms, 1h30m)"
+        )),
+    }
+}
+
 impl Config {
     /// The data directory: `--data-dir`, or `${name}.etcd` like etcd.
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
     }
 
     /// The WAL directory: `--wal-dir`, or `<data-dir>/member/wal`.
     pub fn wal_dir(&self) -> PathBuf {
-        self.wal_dir.clone().unwrap_or_else(|| self.data_dir().join("member").join("wal"))
+        self.wal_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("member").join("wal"))
     }
 
     /// `--initial-cluster`, or `${name}=${initial-advertise-peer-urls}` like etcd.
     pub fn initial_cluster(&self) -> String {
         self.initial_cluster.clone().unwrap_or_else(|| {
-            self.initial_advertise_peer_urls.iter().map(|u| format!("{}={u}", self.name)).collect::<Vec<_>>().join(",")
+            self.initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(",")
         })
     }
 }
@@ -150,6 +234,26 @@ mod tests {
         assert_eq!(c.initial_cluster(), "default=http://localhost:2380");
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("abc"), None);
+        assert_eq!(parse_go_duration(""), None);
+        let c = Config::try_parse_from([
+            "ironcd",
+            "--experimental-watch-progress-notify-interval",
+            "10ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.experimental_watch_progress_notify_interval,
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -56,11 +56,18 @@ pub fn put_req(r: pb::PutRequest) -> mvcc::PutRequest {
 }
 
 pub fn delete_req(r: pb::DeleteRangeRequest) -> mvcc::DeleteRangeRequest {
-    mvcc::DeleteRangeRequest { key: r.key, range_end: r.range_end, prev_kv: r.prev_kv }
+    mvcc::DeleteRangeRequest {
+        key: r.key,
+        range_end: r.range_end,
+        prev_kv: r.prev_kv,
+    }
 }
 
 pub fn compaction_req(r: pb::CompactionRequest) -> mvcc::CompactionRequest {
-    mvcc::CompactionRequest { revision: r.revision, physical: r.physical }
+    mvcc::CompactionRequest {
+        revision: r.revision,
+        physical: r.physical,
+    }
 }
 
 fn compare(c: pb::Compare) -> Result<mvcc::Compare, Status> {
@@ -100,7 +107,9 @@ fn request_op(op: pb::RequestOp) -> Result<mvcc::RequestOp, Status> {
             None => None,
             Some(R::RequestRange(r)) => Some(mvcc::Request::RequestRange(range_req(r)?)),
             Some(R::RequestPut(r)) => Some(mvcc::Request::RequestPut(put_req(r))),
-            Some(R::RequestDeleteRange(r)) => Some(mvcc::Request::RequestDeleteRange(delete_req(r))),
+            Some(R::RequestDeleteRange(r)) => {
+                Some(mvcc::Request::RequestDeleteRange(delete_req(r)))
+            }
             Some(R::RequestTxn(r)) => Some(mvcc::Request::RequestTxn(txn_req(r)?)),
         },
     })
@@ -108,9 +117,21 @@ fn request_op(op: pb::RequestOp) -> Result<mvcc::RequestOp, Status> {
 
 pub fn txn_req(t: pb::TxnRequest) -> Result<mvcc::TxnRequest, Status> {
     Ok(mvcc::TxnRequest {
-        compare: t.compare.into_iter().map(compare).collect::<Result<_, _>>()?,
-        success: t.success.into_iter().map(request_op).collect::<Result<_, _>>()?,
-        failure: t.failure.into_iter().map(request_op).collect::<Result<_, _>>()?,
+        compare: t
+            .compare
+            .into_iter()
+            .map(compare)
+            .collect::<Result<_, _>>()?,
+        success: t
+            .success
+            .into_iter()
+            .map(request_op)
+            .collect::<Result<_, _>>()?,
+        failure: t
+            .failure
+            .into_iter()
+            .map(request_op)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -158,19 +179,38 @@ pub fn kv(k: mvcc::KeyValue) -> mvccpb::KeyValue {
 
 /// A watch event (moves the bytes).
 pub fn event(e: mvcc::Event) -> mvccpb::Event {
-    mvccpb::Event { r#type: e.r#type as i32, kv: Some(kv(e.kv)), prev_kv: e.prev_kv.map(kv) }
+    mvccpb::Event {
+        r#type: e.r#type as i32,
+        kv: Some(kv(e.kv)),
+        prev_kv: e.prev_kv.map(kv),
+    }
 }
 
 fn range_body(r: mvcc::RangeResponse, header: Option<pb::ResponseHeader>) -> pb::RangeResponse {
-    pb::RangeResponse { header, kvs: r.kvs.into_iter().map(kv).collect(), more: r.more, count: r.count }
+    pb::RangeResponse {
+        header,
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        more: r.more,
+        count: r.count,
+    }
 }
 
 fn put_body(r: mvcc::PutResponse, header: Option<pb::ResponseHeader>) -> pb::PutResponse {
-    pb::PutResponse { header, prev_kv: r.prev_kv.map(kv) }
+    pb::PutResponse {
+        header,
+        prev_kv: r.prev_kv.map(kv),
+    }
 }
 
-fn delete_body(r: mvcc::DeleteRangeResponse, header: Option<pb::ResponseHeader>) -> pb::DeleteRangeResponse {
-    pb::DeleteRangeResponse { header, deleted: r.deleted, prev_kvs: r.prev_kvs.into_iter().map(kv).collect() }
+fn delete_body(
+    r: mvcc::DeleteRangeResponse,
+    header: Option<pb::ResponseHeader>,
+) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse {
+        header,
+        deleted: r.deleted,
+        prev_kvs: r.prev_kvs.into_iter().map(kv).collect(),
+    }
 }
 
 fn txn_body(r: mvcc::TxnResponse, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
@@ -226,7 +266,9 @@ pub fn txn_resp(r: mvcc::TxnResponse, info: &HeaderInfo) -> pb::TxnResponse {
 }
 
 pub fn compaction_resp(r: mvcc::CompactionResponse, info: &HeaderInfo) -> pb::CompactionResponse {
-    pb::CompactionResponse { header: info.header(r.header.revision) }
+    pb::CompactionResponse {
+        header: info.header(r.header.revision),
+    }
 }
 
 /// Back to the wire type (moves the bytes), for proposing after validation.
@@ -243,5 +285,9 @@ pub fn put_req_pb(r: mvcc::PutRequest) -> pb::PutRequest {
 
 /// Back to the wire type (moves the bytes), for proposing after validation.
 pub fn delete_req_pb(r: mvcc::DeleteRangeRequest) -> pb::DeleteRangeRequest {
-    pb::DeleteRangeRequest { key: r.key, range_end: r.range_end, prev_kv: r.prev_kv }
+    pb::DeleteRangeRequest {
+        key: r.key,
+        range_end: r.range_end,
+        prev_kv: r.prev_kv,
+    }
 }

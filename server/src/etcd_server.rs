@@ -10,10 +10,10 @@ use std::time::Duration;
 use ironcd_engine::btree::{Db, Snapshot};
 use ironcd_engine::mvcc::{KvReader, KvStore};
 use ironcd_raft_net::{Raft, Request};
+use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ReadPolicy;
 use prost::Message;
-use openraft::async_runtime::WatchReceiver;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
@@ -51,12 +51,21 @@ impl EtcdServer {
         lessor: Rc<Lessor>,
     ) -> Self {
         // Proposal ids: member id in the high bits, like etcd's idutil.
-        let first = (member_id << 48) | (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64 & ((1 << 40) - 1))
-            .unwrap_or(0)
-            << 8);
-        EtcdServer { raft, kv, member_id, cluster_id, cfg, lessor, next_id: Cell::new(first) }
+        let first = (member_id << 48)
+            | (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64 & ((1 << 40) - 1))
+                .unwrap_or(0)
+                << 8);
+        EtcdServer {
+            raft,
+            kv,
+            member_id,
+            cluster_id,
+            cfg,
+            lessor,
+            next_id: Cell::new(first),
+        }
     }
 
     /// etcd's request timeout: 5 s plus two election timeouts.
@@ -66,7 +75,11 @@ impl EtcdServer {
 
     pub fn header_info(&self) -> HeaderInfo {
         let term = self.raft.metrics().borrow_watched().current_term;
-        HeaderInfo { cluster_id: self.cluster_id, member_id: self.member_id, raft_term: term }
+        HeaderInfo {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            raft_term: term,
+        }
     }
 
     pub fn leader(&self) -> Option<u64> {
@@ -100,16 +113,24 @@ impl EtcdServer {
     pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, Status> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
-        let msg = RaftRequest { id, request: Some(req) };
+        let msg = RaftRequest {
+            id,
+            request: Some(req),
+        };
         self.check_size(msg.encoded_len())?;
         let bytes = msg.encode_to_vec();
         let write = self.raft.client_write(Request(bytes.into()));
-        let resp = match glommio::timer::timeout(self.request_timeout(), async { Ok(write.await) }).await {
+        let resp = match glommio::timer::timeout(self.request_timeout(), async { Ok(write.await) })
+            .await
+        {
             Err(_) => return Err(error::timeout()),
             Ok(r) => r,
         };
         match resp {
-            Ok(r) => r.data.take::<Applied>().ok_or_else(|| Status::internal("apply returned no result")),
+            Ok(r) => r
+                .data
+                .take::<Applied>()
+                .ok_or_else(|| Status::internal("apply returned no result")),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 if f.leader_id.is_none() {
                     Err(error::no_leader())
@@ -130,11 +151,17 @@ impl EtcdServer {
     pub async fn linearize(&self) -> Result<(), Status> {
         let raft = self.raft.clone();
         let fut = async move {
-            let lin = raft.get_read_linearizer(ReadPolicy::ReadIndex).await.map_err(|e| match e {
-                RaftError::APIError(_) => error::no_leader(),
-                RaftError::Fatal(_) => error::stopped(),
-            })?;
-            lin.try_await_ready(&raft, None).await.map_err(|_| error::stopped())?.map_err(|_| error::timeout())?;
+            let lin = raft
+                .get_read_linearizer(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| match e {
+                    RaftError::APIError(_) => error::no_leader(),
+                    RaftError::Fatal(_) => error::stopped(),
+                })?;
+            lin.try_await_ready(&raft, None)
+                .await
+                .map_err(|_| error::stopped())?
+                .map_err(|_| error::timeout())?;
             Ok::<(), Status>(())
         };
         match glommio::timer::timeout(self.request_timeout(), async { Ok(fut.await) }).await {

@@ -115,7 +115,11 @@ impl Inner {
     /// Drops stale heap entries once they outnumber live ones.
     fn maybe_rebuild(&mut self) {
         if self.heap.len() > 2 * self.leases.len() + 1024 {
-            let heap: Vec<_> = self.leases.iter().filter_map(|(id, e)| e.check_at.map(|t| Reverse((t, *id)))).collect();
+            let heap: Vec<_> = self
+                .leases
+                .iter()
+                .filter_map(|(id, e)| e.check_at.map(|t| Reverse((t, *id))))
+                .collect();
             self.heap = BinaryHeap::from(heap);
         }
     }
@@ -138,15 +142,27 @@ impl Lessor {
     pub fn new(leases: impl IntoIterator<Item = mvcc::Lease>, min_ttl: i64) -> Lessor {
         let mut inner = Inner::default();
         for l in leases {
-            let e = Entry { ttl: l.ttl.max(min_ttl), remaining_ttl: l.remaining_ttl, expiry: None, check_at: None };
+            let e = Entry {
+                ttl: l.ttl.max(min_ttl),
+                remaining_ttl: l.remaining_ttl,
+                expiry: None,
+                check_at: None,
+            };
             inner.leases.insert(l.id, e);
         }
-        Lessor { inner: RefCell::new(inner), min_ttl, revoking: Cell::new(false) }
+        Lessor {
+            inner: RefCell::new(inner),
+            min_ttl,
+            revoking: Cell::new(false),
+        }
     }
 
     /// Loads the leases of the store's current (applied) state.
     pub fn load(kv: &KvStore<Db>, min_ttl: i64) -> Result<Lessor, String> {
-        let leases = kv.read().and_then(|r| r.lease_list()).map_err(|e| format!("loading leases: {e}"))?;
+        let leases = kv
+            .read()
+            .and_then(|r| r.lease_list())
+            .map_err(|e| format!("loading leases: {e}"))?;
         Ok(Lessor::new(leases, min_ttl))
     }
 
@@ -171,7 +187,15 @@ impl Lessor {
                 LeaseChange::Granted { id, ttl } => {
                     let ttl = ttl.max(self.min_ttl);
                     let expiry = g.primary.then(|| now + secs(ttl));
-                    g.leases.insert(id, Entry { ttl, remaining_ttl: 0, expiry, check_at: None });
+                    g.leases.insert(
+                        id,
+                        Entry {
+                            ttl,
+                            remaining_ttl: 0,
+                            expiry,
+                            check_at: None,
+                        },
+                    );
                     if let Some(t) = expiry {
                         g.schedule(id, t);
                     }
@@ -207,7 +231,9 @@ impl Lessor {
             return;
         }
         let remaining = |g: &Inner, id: i64| -> f64 {
-            g.leases[&id].expiry.map_or(f64::MAX, |t| t.saturating_duration_since(now).as_secs_f64())
+            g.leases[&id]
+                .expiry
+                .map_or(f64::MAX, |t| t.saturating_duration_since(now).as_secs_f64())
         };
         let mut order: Vec<(f64, i64)> = ids.iter().map(|&id| (remaining(&g, id), id)).collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -252,7 +278,9 @@ impl Lessor {
         if !g.primary {
             return Renew::NotPrimary;
         }
-        let Some(e) = g.leases.get_mut(&id) else { return Renew::NotFound };
+        let Some(e) = g.leases.get_mut(&id) else {
+            return Renew::NotFound;
+        };
         if e.expiry.is_some_and(|t| t <= now) {
             return Renew::Expired;
         }
@@ -280,15 +308,18 @@ impl Lessor {
     /// Every lease id, soonest expiry first (etcd's `Leases()` order; ties by id).
     pub fn ids_by_expiry(&self) -> Vec<i64> {
         let g = self.inner.borrow();
-        let mut v: Vec<(Option<Instant>, i64)> = g.leases.iter().map(|(id, e)| (e.expiry, *id)).collect();
+        let mut v: Vec<(Option<Instant>, i64)> =
+            g.leases.iter().map(|(id, e)| (e.expiry, *id)).collect();
         // None (forever) sorts last.
-        v.sort_by(|a, b| match (a.0, b.0) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        }
-        .then(a.1.cmp(&b.1)));
+        v.sort_by(|a, b| {
+            match (a.0, b.0) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            }
+            .then(a.1.cmp(&b.1))
+        });
         v.into_iter().map(|(_, id)| id).collect()
     }
 
@@ -301,7 +332,9 @@ impl Lessor {
             return out;
         }
         while out.len() < limit {
-            let Some(&Reverse((t, id))) = g.heap.peek() else { break };
+            let Some(&Reverse((t, id))) = g.heap.peek() else {
+                break;
+            };
             let current = g.leases.get(&id).is_some_and(|e| e.check_at == Some(t));
             if !current {
                 g.heap.pop();
@@ -340,7 +373,9 @@ pub fn start(srv: &Rc<EtcdServer>) {
 /// of earlier terms (a read index proves it), as etcd promotes on applying
 /// the leader's first entry; demotes it when leadership is lost.
 async fn track_leadership(weak: Weak<EtcdServer>) {
-    let Some(mut rx) = weak.upgrade().map(|s| s.raft.server_metrics()) else { return };
+    let Some(mut rx) = weak.upgrade().map(|s| s.raft.server_metrics()) else {
+        return;
+    };
     let mut promoted_term = None;
     loop {
         let leads = {
@@ -357,7 +392,8 @@ async fn track_leadership(weak: Weak<EtcdServer>) {
         if leads && promoted_term.is_none() {
             match srv.linearize().await {
                 Ok(()) => {
-                    let still = rx.borrow_watched().state == ServerState::Leader && srv.header_info().raft_term == term;
+                    let still = rx.borrow_watched().state == ServerState::Leader
+                        && srv.header_info().raft_term == term;
                     if still {
                         let extend = Duration::from_millis(srv.cfg.election_timeout);
                         srv.lessor.promote(extend, Instant::now());
@@ -365,7 +401,9 @@ async fn track_leadership(weak: Weak<EtcdServer>) {
                         tracing::info!(leases = srv.lessor.count(), term, "lessor promoted");
                     }
                 }
-                Err(e) => tracing::debug!(error = %e, "lessor promotion waits for the leader's first entry"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "lessor promotion waits for the leader's first entry")
+                }
             }
             if promoted_term.is_none() {
                 drop(srv);
@@ -388,7 +426,9 @@ async fn expire_loop(weak: Weak<EtcdServer>) {
         if srv.lessor.revoking.get() {
             continue;
         }
-        let ids = srv.lessor.take_expired(Instant::now(), LEASE_REVOKE_RATE / 2);
+        let ids = srv
+            .lessor
+            .take_expired(Instant::now(), LEASE_REVOKE_RATE / 2);
         if ids.is_empty() {
             continue;
         }
@@ -424,7 +464,9 @@ impl EtcdServer {
                 return Ok(v);
             }
             match self.leader() {
-                Some(l) if l != self.member_id => return Err(Status::unavailable(error::NOT_LEADER)),
+                Some(l) if l != self.member_id => {
+                    return Err(Status::unavailable(error::NOT_LEADER))
+                }
                 _ => {}
             }
             if Instant::now() >= deadline {
@@ -447,7 +489,8 @@ impl EtcdServer {
 
     /// `(granted TTL, remaining)` from the primary lessor, `None` for an unknown lease.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
-        self.lessor_ready(|l| l.is_primary().then(|| l.time_to_live(id, Instant::now()))).await
+        self.lessor_ready(|l| l.is_primary().then(|| l.time_to_live(id, Instant::now())))
+            .await
     }
 }
 
@@ -456,7 +499,12 @@ mod tests {
     use super::*;
 
     fn lease(id: i64, ttl: i64) -> mvcc::Lease {
-        mvcc::Lease { id, ttl, remaining_ttl: 0, keys: Vec::new() }
+        mvcc::Lease {
+            id,
+            ttl,
+            remaining_ttl: 0,
+            keys: Vec::new(),
+        }
     }
 
     #[test]
@@ -465,7 +513,9 @@ mod tests {
         let now = Instant::now();
         assert_eq!(l.time_to_live(1, now), Some((2, i64::MAX / 1_000_000_000)));
         assert_eq!(l.renew(1, now), Renew::NotPrimary);
-        assert!(l.take_expired(now + Duration::from_secs(100), 10).is_empty());
+        assert!(l
+            .take_expired(now + Duration::from_secs(100), 10)
+            .is_empty());
     }
 
     #[test]
@@ -498,7 +548,9 @@ mod tests {
             assert_eq!(l.renew(7, t0 + Duration::from_secs(i)), Renew::Renewed(2));
         }
         // Expiry is now t0+7.
-        assert!(l.take_expired(t0 + Duration::from_millis(6900), 10).is_empty());
+        assert!(l
+            .take_expired(t0 + Duration::from_millis(6900), 10)
+            .is_empty());
         assert_eq!(l.take_expired(t0 + Duration::from_secs(7), 10), vec![7]);
     }
 
@@ -522,14 +574,22 @@ mod tests {
         l.promote(Duration::from_secs(1), t0);
         // Promotion spread the pile-up: no more than 3/4 of the rate expire in the first second.
         let first = l.take_expired(t0 + Duration::from_secs(12), usize::MAX);
-        assert!(first.len() <= 3 * LEASE_REVOKE_RATE / 4 + 1, "{}", first.len());
+        assert!(
+            first.len() <= 3 * LEASE_REVOKE_RATE / 4 + 1,
+            "{}",
+            first.len()
+        );
         // Renewing every lease many times does not grow the heap without bound.
         for round in 0..10 {
             for i in 1..=n {
                 l.renew(i, t0 + Duration::from_millis(round));
             }
         }
-        assert!(l.heap_len() <= 2 * n as usize + 1024 + 1, "{}", l.heap_len());
+        assert!(
+            l.heap_len() <= 2 * n as usize + 1024 + 1,
+            "{}",
+            l.heap_len()
+        );
         let got = l.take_expired(t0 + Duration::from_secs(3600), LEASE_REVOKE_RATE / 2);
         assert_eq!(got.len(), LEASE_REVOKE_RATE / 2);
     }

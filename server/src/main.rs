@@ -65,7 +65,9 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .json()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("{level},glommio=warn,openraft=warn")))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "{level},glommio=warn,openraft=warn"
+        )))
         .init();
 }
 
@@ -77,11 +79,14 @@ struct Identity {
 }
 
 fn identity(cfg: &Config) -> Result<Identity, String> {
-    let members = membership::parse_initial_cluster(&cfg.initial_cluster(), &cfg.initial_cluster_token)?;
-    let me = members
-        .iter()
-        .find(|m| m.name == cfg.name)
-        .ok_or_else(|| format!("couldn't find local name {:?} in the initial cluster configuration", cfg.name))?;
+    let members =
+        membership::parse_initial_cluster(&cfg.initial_cluster(), &cfg.initial_cluster_token)?;
+    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+        format!(
+            "couldn't find local name {:?} in the initial cluster configuration",
+            cfg.name
+        )
+    })?;
     let mut mine = me.peer_urls.clone();
     mine.sort();
     let mut advertised = cfg.initial_advertise_peer_urls.clone();
@@ -95,7 +100,11 @@ fn identity(cfg: &Config) -> Result<Identity, String> {
         ));
     }
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-    Ok(Identity { member_id: me.id, cluster_id: membership::cluster_id(&ids), members })
+    Ok(Identity {
+        member_id: me.id,
+        cluster_id: membership::cluster_id(&ids),
+        members,
+    })
 }
 
 /// Refuses a data dir written by etcd: ironcd never reads or touches etcd's files.
@@ -116,7 +125,10 @@ const IDENTITY_KEY: &[u8] = b"ironcd/identity";
 /// belongs to another member or cluster.
 fn check_identity(db: &Db, id: &Identity, cfg: &Config, data_dir: &Path) -> Result<(), String> {
     let snap = db.snapshot();
-    let stored = snap.get(Tree::Meta, IDENTITY_KEY).map_err(|e| e.to_string())?.map(<[u8]>::to_vec);
+    let stored = snap
+        .get(Tree::Meta, IDENTITY_KEY)
+        .map_err(|e| e.to_string())?
+        .map(<[u8]>::to_vec);
     match stored {
         Some(b) if b.len() >= 16 => {
             let member = u64::from_le_bytes(b[0..8].try_into().unwrap_or_default());
@@ -135,13 +147,17 @@ fn check_identity(db: &Db, id: &Identity, cfg: &Config, data_dir: &Path) -> Resu
             }
             Ok(())
         }
-        Some(_) => Err(format!("data dir {}: the member identity record is corrupt", data_dir.display())),
+        Some(_) => Err(format!(
+            "data dir {}: the member identity record is corrupt",
+            data_dir.display()
+        )),
         None => {
             let mut v = id.member_id.to_le_bytes().to_vec();
             v.extend_from_slice(&id.cluster_id.to_le_bytes());
             v.extend_from_slice(cfg.name.as_bytes());
             let mut w = db.begin_write().map_err(|e| e.to_string())?;
-            w.put(Tree::Meta, IDENTITY_KEY, &v).map_err(|e| e.to_string())?;
+            w.put(Tree::Meta, IDENTITY_KEY, &v)
+                .map_err(|e| e.to_string())?;
             w.commit().map_err(|e| e.to_string())?;
             db.sync().map_err(|e| e.to_string())
         }
@@ -159,12 +175,15 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
         max_in_snapshot_log_to_keep: 5000,
         ..Default::default()
     };
-    c.validate().map(Arc::new).map_err(|e| format!("invalid raft settings: {e}"))
+    c.validate()
+        .map(Arc::new)
+        .map_err(|e| format!("invalid raft settings: {e}"))
 }
 
 fn run(cfg: Config) -> Result<(), String> {
     let id = identity(&cfg)?;
-    let auto_compaction = auto_compact::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
+    let auto_compaction =
+        auto_compact::parse(&cfg.auto_compaction_mode, &cfg.auto_compaction_retention)?;
     let data_dir = cfg.data_dir();
     refuse_etcd_data_dir(&data_dir)?;
     tracing::info!(
@@ -180,16 +199,20 @@ fn run(cfg: Config) -> Result<(), String> {
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
         let addr = transport::parse_url(url)?;
-        let l = transport::bind_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        let l =
+            transport::bind_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
         listeners.push((url.clone(), l));
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .name("ironcd-raft-core")
-        .spawn(move || async move { serve_member(cfg, id, data_dir, listeners, stop, auto_compaction).await })
+        .spawn(move || async move {
+            serve_member(cfg, id, data_dir, listeners, stop, auto_compaction).await
+        })
         .map_err(|e| format!("starting executor: {e}"))?;
     ex.join().map_err(|e| format!("executor failed: {e}"))?
 }
@@ -203,11 +226,18 @@ async fn serve_member(
     auto_compaction: auto_compact::Policy,
 ) -> Result<(), String> {
     let member_dir = data_dir.join("member");
-    std::fs::create_dir_all(&member_dir).map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
-    let wal_opts = WalOptions { segment_size: cfg.wal_segment_bytes, ..WalOptions::default() };
-    let log_store = LogStore::open_dir(cfg.wal_dir(), wal_opts).await.map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&member_dir)
+        .map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
+    let wal_opts = WalOptions {
+        segment_size: cfg.wal_segment_bytes,
+        ..WalOptions::default()
+    };
+    let log_store = LogStore::open_dir(cfg.wal_dir(), wal_opts)
+        .await
+        .map_err(|e| e.to_string())?;
     let db_path = member_dir.join("kv.db");
-    let db = Db::open(&db_path, DbOptions::default()).map_err(|e| format!("opening {}: {e}", db_path.display()))?;
+    let db = Db::open(&db_path, DbOptions::default())
+        .map_err(|e| format!("opening {}: {e}", db_path.display()))?;
     check_identity(&db, &id, &cfg, &data_dir)?;
     let mvcc_cfg = mvcc::Config {
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -219,30 +249,68 @@ async fn serve_member(
     let kv = Arc::new(KvStore::open(db, mvcc_cfg).map_err(|e| e.to_string())?);
     let lessor = Rc::new(lessor::Lessor::load(&kv, kv.config().min_lease_ttl)?);
     let lease_hook = lessor.clone();
-    let hub = watch::WatchHub::new(kv.clone(), watch::Limits::from_env(), watch::progress_interval_from_env());
+    let hub = watch::WatchHub::new(
+        kv.clone(),
+        watch::Limits::from_env(),
+        cfg.experimental_watch_progress_notify_interval,
+    );
     let apply_hub = hub.clone();
-    let sm = StateMachine::new(kv.clone(), 10_000, Rc::new(move |events: &mut Vec<mvcc::Event>, revision: i64| apply_hub.on_apply(events, revision)))
-        .map_err(|e| format!("loading the state machine: {e}"))?
-        .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)));
-    let raft: MemberRaft =
-        MemberRaft::new(id.member_id, raft_config(&cfg)?, NoPeers::<StoreSnapshot>::default(), log_store.clone(), sm)
-            .await
-            .map_err(|e| format!("starting raft: {e}"))?;
+    let sm = StateMachine::new(
+        kv.clone(),
+        10_000,
+        Rc::new(move |events: &mut Vec<mvcc::Event>, revision: i64| {
+            apply_hub.on_apply(events, revision)
+        }),
+    )
+    .map_err(|e| format!("loading the state machine: {e}"))?
+    .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)));
+    let raft: MemberRaft = MemberRaft::new(
+        id.member_id,
+        raft_config(&cfg)?,
+        NoPeers::<StoreSnapshot>::default(),
+        log_store.clone(),
+        sm,
+    )
+    .await
+    .map_err(|e| format!("starting raft: {e}"))?;
     if !raft.is_initialized().await.map_err(|e| e.to_string())? {
         if cfg.initial_cluster_state != "new" {
-            return Err("--initial-cluster-state=existing (joining a running cluster) is not built yet".into());
+            return Err(
+                "--initial-cluster-state=existing (joining a running cluster) is not built yet"
+                    .into(),
+            );
         }
         let nodes: BTreeMap<u64, Member> = id
             .members
             .iter()
             .map(|m| {
-                let client_urls = if m.id == id.member_id { cfg.advertise_client_urls.clone() } else { Vec::new() };
-                (m.id, Member { name: m.name.clone(), peer_urls: m.peer_urls.clone(), client_urls })
+                let client_urls = if m.id == id.member_id {
+                    cfg.advertise_client_urls.clone()
+                } else {
+                    Vec::new()
+                };
+                (
+                    m.id,
+                    Member {
+                        name: m.name.clone(),
+                        peer_urls: m.peer_urls.clone(),
+                        client_urls,
+                    },
+                )
             })
             .collect();
-        raft.initialize(nodes).await.map_err(|e| format!("bootstrapping the cluster: {e}"))?;
+        raft.initialize(nodes)
+            .await
+            .map_err(|e| format!("bootstrapping the cluster: {e}"))?;
     }
-    let srv = Rc::new(EtcdServer::new(raft.clone(), kv.clone(), id.member_id, id.cluster_id, cfg, lessor));
+    let srv = Rc::new(EtcdServer::new(
+        raft.clone(),
+        kv.clone(),
+        id.member_id,
+        id.cluster_id,
+        cfg,
+        lessor,
+    ));
     srv.start_compactor();
     auto_compact::start(Rc::downgrade(&srv), auto_compaction);
     lessor::start(&srv);
@@ -268,8 +336,13 @@ async fn serve_member(
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    kv.store().sync().map_err(|e| format!("syncing the store at shutdown: {e}"))?;
-    log_store.close().await.map_err(|e| format!("closing the WAL: {e}"))?;
+    kv.store()
+        .sync()
+        .map_err(|e| format!("syncing the store at shutdown: {e}"))?;
+    log_store
+        .close()
+        .await
+        .map_err(|e| format!("closing the WAL: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -53,25 +53,35 @@ pub fn cluster_id(member_ids: &[u64]) -> u64 {
 pub fn parse_initial_cluster(spec: &str, token: &str) -> Result<Vec<InitialMember>, String> {
     let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, url) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not of the form name=peer-url"))?;
+        let (name, url) = part.split_once('=').ok_or_else(|| {
+            format!("--initial-cluster entry {part:?} is not of the form name=peer-url")
+        })?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(format!("URL scheme must be http or https: {url:?}"));
         }
-        by_name.entry(name.to_string()).or_default().push(url.to_string());
+        by_name
+            .entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
     }
     if by_name.is_empty() {
         return Err("--initial-cluster is empty".into());
     }
     let mut members: Vec<InitialMember> = by_name
         .into_iter()
-        .map(|(name, peer_urls)| InitialMember { id: member_id(&peer_urls, token, None), name, peer_urls })
+        .map(|(name, peer_urls)| InitialMember {
+            id: member_id(&peer_urls, token, None),
+            name,
+            peer_urls,
+        })
         .collect();
     members.sort_by_key(|m| m.id);
     for w in members.windows(2) {
         if w[0].id == w[1].id {
-            return Err(format!("members {:?} and {:?} have the same peer URLs", w[0].name, w[1].name));
+            return Err(format!(
+                "members {:?} and {:?} have the same peer URLs",
+                w[0].name, w[1].name
+            ));
         }
     }
     Ok(members)
@@ -93,8 +103,12 @@ mod tests {
 
     #[test]
     fn malformed_initial_cluster() {
-        assert!(parse_initial_cluster("n1", "t").unwrap_err().contains("name=peer-url"));
-        assert!(parse_initial_cluster("n1=ftp://x", "t").unwrap_err().contains("scheme"));
+        assert!(parse_initial_cluster("n1", "t")
+            .unwrap_err()
+            .contains("name=peer-url"));
+        assert!(parse_initial_cluster("n1=ftp://x", "t")
+            .unwrap_err()
+            .contains("scheme"));
         assert!(parse_initial_cluster("", "t").is_err());
     }
 }

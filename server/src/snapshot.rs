@@ -53,10 +53,16 @@ impl SnapshotWriter {
     pub fn new(snap: Snapshot) -> Result<SnapshotWriter, String> {
         let mut body_len = 1u64;
         for tree in Tree::ALL {
-            snap.scan(tree, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
-                body_len += record_len(k, v);
-                true
-            })
+            snap.scan(
+                tree,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                false,
+                &mut |k, v| {
+                    body_len += record_len(k, v);
+                    true
+                },
+            )
             .map_err(|e| e.to_string())?;
         }
         Ok(SnapshotWriter {

@@ -96,7 +96,10 @@ pub type LeaseHook = Rc<dyn Fn(&[crate::lessor::LeaseChange])>;
 fn lease_change(revoke_id: Option<i64>, a: &Applied) -> Option<crate::lessor::LeaseChange> {
     use crate::lessor::LeaseChange;
     match a {
-        Applied::LeaseGrant(Ok(g)) => Some(LeaseChange::Granted { id: g.id, ttl: g.ttl }),
+        Applied::LeaseGrant(Ok(g)) => Some(LeaseChange::Granted {
+            id: g.id,
+            ttl: g.ttl,
+        }),
         Applied::LeaseRevoke(Ok(_)) => revoke_id.map(|id| LeaseChange::Revoked { id }),
         _ => None,
     }
@@ -106,7 +109,16 @@ impl StateMachine {
     pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: OnApply) -> io::Result<Self> {
         let snap = kv.store().snapshot();
         let (applied, membership) = load_applied_state(&snap)?;
-        Ok(StateMachine { kv, applied, membership, unsynced: 0, sync_every: sync_every.max(1), snapshot: None, on_apply, on_lease: None })
+        Ok(StateMachine {
+            kv,
+            applied,
+            membership,
+            unsynced: 0,
+            sync_every: sync_every.max(1),
+            snapshot: None,
+            on_apply,
+            on_lease: None,
+        })
     }
 
     /// Reports applied lease grants, revokes and checkpoints to `hook`.
@@ -136,9 +148,11 @@ impl StateMachine {
                 let a = apply_one(&mut w, index, req);
                 leases.extend(lease_change(revoke_id, &a));
                 if let (Some(cps), Applied::LeaseCheckpoint(Ok(_))) = (checkpoints, &a) {
-                    leases.extend(cps.into_iter().map(|c| crate::lessor::LeaseChange::Checkpointed {
-                        id: c.id,
-                        remaining_ttl: c.remaining_ttl,
+                    leases.extend(cps.into_iter().map(|c| {
+                        crate::lessor::LeaseChange::Checkpointed {
+                            id: c.id,
+                            remaining_ttl: c.remaining_ttl,
+                        }
                     }));
                 }
                 a
@@ -152,7 +166,8 @@ impl StateMachine {
             self.membership.log_id().as_ref(),
             self.membership.membership(),
         );
-        view.put(Tree::Meta, APPLIED_STATE_KEY, &state).map_err(MvccError::Store)?;
+        view.put(Tree::Meta, APPLIED_STATE_KEY, &state)
+            .map_err(MvccError::Store)?;
         if let Some(a) = &self.applied {
             view.set_applied_index(a.index);
         }
@@ -174,13 +189,24 @@ fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -
             Err(e) => Applied::Unsupported(e.message().to_string()),
         },
         Req::Compaction(c) => Applied::Compaction(w.compact(index, &convert::compaction_req(c))),
-        Req::LeaseGrant(g) => Applied::LeaseGrant(w.lease_grant(index, &mvcc::LeaseGrantRequest { ttl: g.ttl, id: g.id })),
-        Req::LeaseRevoke(r) => Applied::LeaseRevoke(w.lease_revoke(index, &mvcc::LeaseRevokeRequest { id: r.id })),
+        Req::LeaseGrant(g) => Applied::LeaseGrant(w.lease_grant(
+            index,
+            &mvcc::LeaseGrantRequest {
+                ttl: g.ttl,
+                id: g.id,
+            },
+        )),
+        Req::LeaseRevoke(r) => {
+            Applied::LeaseRevoke(w.lease_revoke(index, &mvcc::LeaseRevokeRequest { id: r.id }))
+        }
         Req::LeaseCheckpoint(c) => {
             let cps: Vec<mvcc::LeaseCheckpoint> = c
                 .checkpoints
                 .into_iter()
-                .map(|c| mvcc::LeaseCheckpoint { id: c.id, remaining_ttl: c.remaining_ttl })
+                .map(|c| mvcc::LeaseCheckpoint {
+                    id: c.id,
+                    remaining_ttl: c.remaining_ttl,
+                })
                 .collect();
             Applied::LeaseCheckpoint(w.lease_checkpoint(index, &cps))
         }
@@ -191,11 +217,16 @@ fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
     type SnapshotData = StoreSnapshot;
 
-    async fn build_snapshot(&mut self) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
         // The store is synced up to `meta.last_log_id` before openraft may
         // purge the log behind it.
         self.kv.store().sync().map_err(io_err)?;
-        Ok(Snapshot { meta: self.meta.clone(), snapshot: StoreSnapshot })
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: StoreSnapshot,
+        })
     }
 }
 
@@ -243,9 +274,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             responders.push(responder);
                         }
                         None => {
-                            tracing::error!(index = entry.log_id.index, "undecodable request in the raft log");
+                            tracing::error!(
+                                index = entry.log_id.index,
+                                "undecodable request in the raft log"
+                            );
                             if let Some(r) = responder {
-                                r.send(Response::new(Applied::Unsupported("undecodable request".into())));
+                                r.send(Response::new(Applied::Unsupported(
+                                    "undecodable request".into(),
+                                )));
                             }
                         }
                     }
@@ -272,9 +308,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachineSnapshotBuilder {
-        let meta = Meta { last_log_id: self.applied, last_membership: self.membership.clone() };
+        let meta = Meta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+        };
         self.snapshot = Some(meta.clone());
-        StateMachineSnapshotBuilder { kv: self.kv.clone(), meta }
+        StateMachineSnapshotBuilder {
+            kv: self.kv.clone(),
+            meta,
+        }
     }
 
     async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: StoreSnapshot) -> io::Result<()> {
@@ -284,7 +326,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ))
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>>> {
-        Ok(self.snapshot.clone().map(|meta| Snapshot { meta, snapshot: StoreSnapshot }))
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>>> {
+        Ok(self.snapshot.clone().map(|meta| Snapshot {
+            meta,
+            snapshot: StoreSnapshot,
+        }))
     }
 }

@@ -3,8 +3,8 @@
 
 use std::rc::Rc;
 
-use send_wrapper::SendWrapper;
 use openraft::async_runtime::WatchReceiver;
+use send_wrapper::SendWrapper;
 use tonic::{Request, Response, Status};
 
 use crate::etcd_server::EtcdServer;
@@ -18,14 +18,21 @@ pub struct ClusterService {
 
 impl ClusterService {
     pub fn new(srv: Rc<EtcdServer>) -> Self {
-        ClusterService { srv: SendWrapper::new(srv) }
+        ClusterService {
+            srv: SendWrapper::new(srv),
+        }
     }
 }
 
 impl EtcdServer {
     /// The members of the membership in force, in member-id order.
     pub fn members(&self) -> Vec<pb::Member> {
-        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        let m = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .clone();
         let voters: std::collections::BTreeSet<u64> = m.membership().voter_ids().collect();
         m.membership()
             .nodes()
@@ -49,7 +56,10 @@ impl Cluster for ClusterService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             // etcd's cluster service headers carry no revision.
-            Ok(Response::new(pb::MemberListResponse { header: srv.header_info().header(0), members: srv.members() }))
+            Ok(Response::new(pb::MemberListResponse {
+                header: srv.header_info().header(0),
+                members: srv.members(),
+            }))
         })
         .await
     }

@@ -22,7 +22,9 @@ pub struct KvService {
 
 impl KvService {
     pub fn new(srv: Rc<EtcdServer>) -> Self {
-        KvService { srv: SendWrapper::new(srv) }
+        KvService {
+            srv: SendWrapper::new(srv),
+        }
     }
 }
 
@@ -34,7 +36,11 @@ fn unexpected(a: Applied) -> Status {
 }
 
 impl EtcdServer {
-    async fn range(&self, md: &tonic::metadata::MetadataMap, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    async fn range(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        r: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, Status> {
         self.check_has_leader(md)?;
         self.check_size(r.encoded_len())?;
         let r = convert::range_req(r)?;
@@ -46,13 +52,20 @@ impl EtcdServer {
         Ok(convert::range_resp(resp, &self.header_info()))
     }
 
-    async fn put(&self, md: &tonic::metadata::MetadataMap, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+    async fn put(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        r: pb::PutRequest,
+    ) -> Result<pb::PutResponse, Status> {
         self.check_has_leader(md)?;
         self.check_size(r.encoded_len())?;
         let r = convert::put_req(r);
         validate::check_put_request(&r).map_err(error::mvcc)?;
         match self.propose(Req::Put(convert::put_req_pb(r))).await? {
-            Applied::Put(res) => Ok(convert::put_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            Applied::Put(res) => Ok(convert::put_resp(
+                res.map_err(error::mvcc)?,
+                &self.header_info(),
+            )),
             other => Err(unexpected(other)),
         }
     }
@@ -66,19 +79,32 @@ impl EtcdServer {
         self.check_size(r.encoded_len())?;
         let r = convert::delete_req(r);
         validate::check_delete_request(&r).map_err(error::mvcc)?;
-        match self.propose(Req::DeleteRange(convert::delete_req_pb(r))).await? {
-            Applied::DeleteRange(res) => Ok(convert::delete_resp(res.map_err(error::mvcc)?, &self.header_info())),
+        match self
+            .propose(Req::DeleteRange(convert::delete_req_pb(r)))
+            .await?
+        {
+            Applied::DeleteRange(res) => Ok(convert::delete_resp(
+                res.map_err(error::mvcc)?,
+                &self.header_info(),
+            )),
             other => Err(unexpected(other)),
         }
     }
 
-    async fn txn(&self, md: &tonic::metadata::MetadataMap, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+    async fn txn(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+        r: pb::TxnRequest,
+    ) -> Result<pb::TxnResponse, Status> {
         self.check_has_leader(md)?;
         self.check_size(r.encoded_len())?;
         let t = convert::txn_req(r.clone())?;
         validate::check_txn_request(&t, self.cfg.max_txn_ops as usize).map_err(error::mvcc)?;
         match self.propose(Req::Txn(r)).await? {
-            Applied::Txn(res) => Ok(convert::txn_resp(res.map_err(error::mvcc)?, &self.header_info())),
+            Applied::Txn(res) => Ok(convert::txn_resp(
+                res.map_err(error::mvcc)?,
+                &self.header_info(),
+            )),
             other => Err(unexpected(other)),
         }
     }
@@ -103,7 +129,10 @@ impl EtcdServer {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
@@ -142,7 +171,10 @@ impl Kv for KvService {
         .await
     }
 
-    async fn compact(&self, req: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
+    async fn compact(
+        &self,
+        req: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();

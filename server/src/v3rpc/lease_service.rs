@@ -15,9 +15,9 @@ use crate::error;
 use crate::etcd_server::EtcdServer;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::lease_server::Lease;
-use tonic::codegen::BoxStream;
 use crate::pb::ironcdpb::raft_request::Request as Req;
 use crate::state_machine::Applied;
+use tonic::codegen::BoxStream;
 
 /// Responses buffered per keep-alive stream before the reader waits.
 const KEEPALIVE_BUFFER: usize = 16;
@@ -35,7 +35,9 @@ pub struct LeaseService {
 
 impl LeaseService {
     pub fn new(srv: Rc<EtcdServer>) -> Self {
-        LeaseService { srv: SendWrapper::new(srv) }
+        LeaseService {
+            srv: SendWrapper::new(srv),
+        }
     }
 }
 
@@ -51,7 +53,11 @@ impl EtcdServer {
         Ok(self.header_info().header(self.reader()?.revision()))
     }
 
-    async fn lease_grant(&self, md: &MetadataMap, r: pb::LeaseGrantRequest) -> Result<pb::LeaseGrantResponse, Status> {
+    async fn lease_grant(
+        &self,
+        md: &MetadataMap,
+        r: pb::LeaseGrantRequest,
+    ) -> Result<pb::LeaseGrantResponse, Status> {
         self.check_has_leader(md)?;
         // id 0: the apply step picks a free id from the raft index, the same on every member.
         match self.propose(Req::LeaseGrant(r)).await? {
@@ -68,35 +74,68 @@ impl EtcdServer {
         }
     }
 
-    async fn lease_revoke(&self, md: &MetadataMap, r: pb::LeaseRevokeRequest) -> Result<pb::LeaseRevokeResponse, Status> {
+    async fn lease_revoke(
+        &self,
+        md: &MetadataMap,
+        r: pb::LeaseRevokeRequest,
+    ) -> Result<pb::LeaseRevokeResponse, Status> {
         self.check_has_leader(md)?;
         match self.propose(Req::LeaseRevoke(r)).await? {
             Applied::LeaseRevoke(res) => {
                 let h = res.map_err(error::mvcc)?.header;
-                Ok(pb::LeaseRevokeResponse { header: self.header_info().header(h.revision) })
+                Ok(pb::LeaseRevokeResponse {
+                    header: self.header_info().header(h.revision),
+                })
             }
             other => Err(unexpected(other)),
         }
     }
 
-    async fn lease_ttl(&self, md: &MetadataMap, r: pb::LeaseTimeToLiveRequest) -> Result<pb::LeaseTimeToLiveResponse, Status> {
+    async fn lease_ttl(
+        &self,
+        md: &MetadataMap,
+        r: pb::LeaseTimeToLiveRequest,
+    ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
         self.check_has_leader(md)?;
         let Some((granted, ttl)) = self.lease_time_to_live(r.id).await? else {
             // etcd answers an unknown lease with TTL -1, not an error.
-            return Ok(pb::LeaseTimeToLiveResponse { header: self.current_header()?, id: r.id, ttl: -1, ..Default::default() });
+            return Ok(pb::LeaseTimeToLiveResponse {
+                header: self.current_header()?,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            });
         };
         let keys = if r.keys {
-            self.reader()?.lease_lookup(r.id).map_err(error::mvcc)?.map(|l| l.keys).unwrap_or_default()
+            self.reader()?
+                .lease_lookup(r.id)
+                .map_err(error::mvcc)?
+                .map(|l| l.keys)
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
-        Ok(pb::LeaseTimeToLiveResponse { header: self.current_header()?, id: r.id, ttl, granted_ttl: granted, keys })
+        Ok(pb::LeaseTimeToLiveResponse {
+            header: self.current_header()?,
+            id: r.id,
+            ttl,
+            granted_ttl: granted,
+            keys,
+        })
     }
 
     fn lease_leases(&self, md: &MetadataMap) -> Result<pb::LeaseLeasesResponse, Status> {
         self.check_has_leader(md)?;
-        let leases = self.lessor.ids_by_expiry().into_iter().map(|id| pb::LeaseStatus { id }).collect();
-        Ok(pb::LeaseLeasesResponse { header: self.current_header()?, leases })
+        let leases = self
+            .lessor
+            .ids_by_expiry()
+            .into_iter()
+            .map(|id| pb::LeaseStatus { id })
+            .collect();
+        Ok(pb::LeaseLeasesResponse {
+            header: self.current_header()?,
+            leases,
+        })
     }
 
     /// One keep-alive stream: each request renews its lease on the primary
@@ -125,7 +164,11 @@ impl EtcdServer {
                 }
             };
             let resp = match self.lease_renew(req.id).await {
-                Ok(ttl) => Ok(pb::LeaseKeepAliveResponse { header, id: req.id, ttl: ttl.unwrap_or(0) }),
+                Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
+                    header,
+                    id: req.id,
+                    ttl: ttl.unwrap_or(0),
+                }),
                 Err(e) => Err(e),
             };
             let failed = resp.is_err();
@@ -138,7 +181,10 @@ impl EtcdServer {
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
@@ -147,7 +193,10 @@ impl Lease for LeaseService {
         .await
     }
 
-    async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
@@ -168,7 +217,9 @@ impl Lease for LeaseService {
             let srv: Rc<EtcdServer> = (*srv).clone();
             // Ends when the client closes its side or stops reading.
             glommio::spawn_local(async move { srv.keep_alive_loop(reqs, tx).await }).detach();
-            Ok(Response::new(Box::pin(rx) as BoxStream<pb::LeaseKeepAliveResponse>))
+            Ok(Response::new(
+                Box::pin(rx) as BoxStream<pb::LeaseKeepAliveResponse>
+            ))
         })
         .await
     }
@@ -185,7 +236,10 @@ impl Lease for LeaseService {
         .await
     }
 
-    async fn lease_leases(&self, req: Request<pb::LeaseLeasesRequest>) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        req: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, _) = req.into_parts();

@@ -4,10 +4,10 @@
 
 use std::rc::Rc;
 
-use ironcd_engine::kv::Store;
 use ironcd_engine::btree::PAGE_SIZE;
-use send_wrapper::SendWrapper;
+use ironcd_engine::kv::Store;
 use openraft::async_runtime::WatchReceiver;
+use send_wrapper::SendWrapper;
 use tonic::{Request, Response, Status};
 
 use crate::config::ETCD_VERSION;
@@ -32,14 +32,20 @@ pub struct MaintenanceService {
 
 impl MaintenanceService {
     pub fn new(srv: Rc<EtcdServer>) -> Self {
-        MaintenanceService { srv: SendWrapper::new(srv) }
+        MaintenanceService {
+            srv: SendWrapper::new(srv),
+        }
     }
 }
 
 impl EtcdServer {
     fn status(&self) -> Result<pb::StatusResponse, Status> {
         let m = self.raft.metrics().borrow_watched().clone();
-        let stats = self.kv.store().stats().map_err(|e| Status::unknown(e.to_string()))?;
+        let stats = self
+            .kv
+            .store()
+            .stats()
+            .map_err(|e| Status::unknown(e.to_string()))?;
         let free = stats.free_pages + stats.pending_pages;
         let revision = self.reader()?.revision();
         let info = self.header_info();
@@ -60,7 +66,10 @@ impl EtcdServer {
     fn hash(&self) -> Result<pb::HashResponse, Status> {
         let r = self.reader()?;
         let h = r.hash().map_err(error::mvcc)?;
-        Ok(pb::HashResponse { header: self.header_info().header(r.revision()), hash: h.hash })
+        Ok(pb::HashResponse {
+            header: self.header_info().header(r.revision()),
+            hash: h.hash,
+        })
     }
 
     fn hash_kv(&self, rev: i64) -> Result<pb::HashKvResponse, Status> {
@@ -77,42 +86,73 @@ impl EtcdServer {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     /// A consistent copy of the store, then its SHA-256 (`snapshot.rs`).
-    async fn snapshot(&self, _req: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        _req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
         let srv = self.srv.clone();
         let writer = SendWrapper::new(async move {
             let snap = srv.kv.store().snapshot();
             SnapshotWriter::new(snap).map_err(Status::internal)
         })
         .await?;
-        tracing::info!(total_bytes = writer.total(), "sending database snapshot to client");
-        let stream = futures_util::stream::unfold(SnapState::Streaming(Box::new(writer)), |state| async move {
-            let SnapState::Streaming(mut w) = state else { return None };
-            match w.next_chunk() {
-                Ok(Some((blob, remaining))) => Some((
-                    Ok(pb::SnapshotResponse { header: None, remaining_bytes: remaining, blob }),
-                    SnapState::Streaming(w),
-                )),
-                Ok(None) => {
-                    let sha = w.checksum();
-                    Some((Ok(pb::SnapshotResponse { header: None, remaining_bytes: 0, blob: sha.to_vec() }), SnapState::Done))
+        tracing::info!(
+            total_bytes = writer.total(),
+            "sending database snapshot to client"
+        );
+        let stream = futures_util::stream::unfold(
+            SnapState::Streaming(Box::new(writer)),
+            |state| async move {
+                let SnapState::Streaming(mut w) = state else {
+                    return None;
+                };
+                match w.next_chunk() {
+                    Ok(Some((blob, remaining))) => Some((
+                        Ok(pb::SnapshotResponse {
+                            header: None,
+                            remaining_bytes: remaining,
+                            blob,
+                        }),
+                        SnapState::Streaming(w),
+                    )),
+                    Ok(None) => {
+                        let sha = w.checksum();
+                        Some((
+                            Ok(pb::SnapshotResponse {
+                                header: None,
+                                remaining_bytes: 0,
+                                blob: sha.to_vec(),
+                            }),
+                            SnapState::Done,
+                        ))
+                    }
+                    Err(e) => Some((Err(Status::internal(e)), SnapState::Done)),
                 }
-                Err(e) => Some((Err(Status::internal(e)), SnapState::Done)),
-            }
-        });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move { srv.status().map(Response::new) }).await
     }
 
-    async fn hash(&self, _req: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(
+        &self,
+        _req: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move { srv.hash().map(Response::new) }).await
     }
 
-    async fn hash_kv(&self, req: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
         let srv = self.srv.clone();
         let rev = req.into_inner().revision;
         SendWrapper::new(async move { srv.hash_kv(rev).map(Response::new) }).await
@@ -126,14 +166,22 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
-            srv.kv.store().sync().map_err(|e| Status::unknown(e.to_string()))?;
+            srv.kv
+                .store()
+                .sync()
+                .map_err(|e| Status::unknown(e.to_string()))?;
             let rev = srv.reader()?.revision();
-            Ok(Response::new(pb::DefragmentResponse { header: srv.header_info().header(rev) }))
+            Ok(Response::new(pb::DefragmentResponse {
+                header: srv.header_info().header(rev),
+            }))
         })
         .await
     }
 
-    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
         let srv = self.srv.clone();
         let r = req.into_inner();
         SendWrapper::new(async move {
@@ -143,7 +191,10 @@ impl Maintenance for MaintenanceService {
                 return Err(Status::unimplemented("alarm activation is not built yet"));
             }
             let rev = srv.reader()?.revision();
-            Ok(Response::new(pb::AlarmResponse { header: srv.header_info().header(rev), alarms: Vec::new() }))
+            Ok(Response::new(pb::AlarmResponse {
+                header: srv.header_info().header(rev),
+                alarms: Vec::new(),
+            }))
         })
         .await
     }

@@ -13,7 +13,6 @@ use std::rc::Rc;
 use tonic::service::Routes;
 
 use crate::etcd_server::EtcdServer;
-use crate::watch::WatchHub;
 use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
@@ -22,6 +21,7 @@ use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::v3electionpb::election_server::{Election, ElectionServer};
 use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
+use crate::watch::WatchHub;
 
 pub use cluster_service::ClusterService;
 pub use kv_service::KvService;
@@ -49,12 +49,19 @@ const KV_DECODE_LIMIT: usize = 64 << 20;
 /// Every etcd v3 service on one router, for the executor that owns `srv`.
 pub fn routes(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> Routes {
     let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
-    Routes::new(KvServer::new(KvService::new(srv.clone())).max_decoding_message_size(KV_DECODE_LIMIT.max(max)))
-        .add_service(WatchServer::new(WatchService::new(srv.clone(), watch_hub)).max_decoding_message_size(max))
-        .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
-        .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX))
-        .add_service(AuthServer::new(NotYet))
-        .add_service(LockServer::new(NotYet))
-        .add_service(ElectionServer::new(NotYet))
+    Routes::new(
+        KvServer::new(KvService::new(srv.clone()))
+            .max_decoding_message_size(KV_DECODE_LIMIT.max(max)),
+    )
+    .add_service(
+        WatchServer::new(WatchService::new(srv.clone(), watch_hub)).max_decoding_message_size(max),
+    )
+    .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
+    .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
+    .add_service(
+        MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX),
+    )
+    .add_service(AuthServer::new(NotYet))
+    .add_service(LockServer::new(NotYet))
+    .add_service(ElectionServer::new(NotYet))
 }

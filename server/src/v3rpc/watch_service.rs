@@ -21,19 +21,26 @@ pub struct WatchService {
 
 impl WatchService {
     pub fn new(srv: Rc<EtcdServer>, hub: Rc<WatchHub>) -> Self {
-        WatchService { srv: SendWrapper::new(srv), hub: SendWrapper::new(hub) }
+        WatchService {
+            srv: SendWrapper::new(srv),
+            hub: SendWrapper::new(hub),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    async fn watch(&self, req: Request<Streaming<WatchRequest>>) -> Result<Response<BoxStream<crate::pb::etcdserverpb::WatchResponse>>, Status> {
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<BoxStream<crate::pb::etcdserverpb::WatchResponse>>, Status> {
         let (srv, hub) = (self.srv.clone(), self.hub.clone());
         SendWrapper::new(async move {
             let (md, _, requests) = req.into_parts();
             // etcd's stream interceptor: `hasleader` streams need a leader.
             srv.check_has_leader(&md)?;
-            let out: BoxStream<_> = Box::pin(SendWrapper::new(WatchOut::open((*hub).clone(), requests)));
+            let out: BoxStream<_> =
+                Box::pin(SendWrapper::new(WatchOut::open((*hub).clone(), requests)));
             Ok(Response::new(out))
         })
         .await

@@ -64,7 +64,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_responses: 256, max_bytes: 4 << 20 }
+        Limits {
+            max_responses: 256,
+            max_bytes: 4 << 20,
+        }
     }
 }
 
@@ -73,7 +76,13 @@ impl Limits {
     /// and `IRONCD_WATCH_BUFFER_BYTES`.
     pub fn from_env() -> Limits {
         let d = Limits::default();
-        let get = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(d);
+        let get = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(d)
+        };
         Limits {
             max_responses: get("IRONCD_WATCH_BUFFER_RESPONSES", d.max_responses),
             max_bytes: get("IRONCD_WATCH_BUFFER_BYTES", d.max_bytes),
@@ -224,59 +233,21 @@ fn fragments(mut resp: WatchResponse, max: usize) -> Vec<WatchResponse> {
     for ev in events {
         let l = event_field_len(&ev);
         if !cur.is_empty() && size + l >= max {
-            out.push(WatchResponse { events: std::mem::take(&mut cur), ..resp.clone() });
+            out.push(WatchResponse {
+                events: std::mem::take(&mut cur),
+                ..resp.clone()
+            });
             size = base;
         }
         size += l;
         cur.push(ev);
     }
-    out.push(WatchResponse { events: cur, fragment: false, ..resp });
+    out.push(WatchResponse {
+        events: cur,
+        fragment: false,
+        ..resp
+    });
     out
-}
-
-/// Go duration text (`10m`, `500ms`, `1m30s`).
-fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let num: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[u..];
-        total += Duration::from_secs_f64(num * scale);
-    }
-    Some(total)
-}
-
-/// etcd's `--experimental-watch-progress-notify-interval` (10 minutes by
-/// default, at least 100 ms), read from its environment variable
-/// `ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL`.
-pub fn progress_interval_from_env() -> Duration {
-    const DEFAULT: Duration = Duration::from_secs(600);
-    match std::env::var("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL") {
-        Err(_) => DEFAULT,
-        Ok(v) => match parse_go_duration(&v) {
-            Some(d) if d.is_zero() => DEFAULT,
-            Some(d) => d.max(Duration::from_millis(100)),
-            None => {
-                tracing::warn!(value = %v, "invalid ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL; using 10m");
-                DEFAULT
-            }
-        },
-    }
 }
 
 impl WatchHub {
@@ -297,7 +268,8 @@ impl WatchHub {
     pub fn start(self: &Rc<Self>, srv: &Rc<EtcdServer>) {
         *self.server.borrow_mut() = Rc::downgrade(srv);
         // etcd's watch server: `--max-request-bytes` plus gRPC's overhead allowance.
-        self.max_request_bytes.set(srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD);
+        self.max_request_bytes
+            .set(srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD);
         let hub = self.clone();
         glommio::spawn_local(async move {
             loop {
@@ -318,7 +290,11 @@ impl WatchHub {
     }
 
     fn header_info(&self) -> HeaderInfo {
-        self.server.borrow().upgrade().map(|s| s.header_info()).unwrap_or_default()
+        self.server
+            .borrow()
+            .upgrade()
+            .map(|s| s.header_info())
+            .unwrap_or_default()
     }
 
     fn reader(&self) -> Result<KvReader<Snapshot>, mvcc::MvccError> {
@@ -354,7 +330,9 @@ impl WatchHub {
     pub fn close_stream(&self, s: StreamKey) {
         let removed = {
             let mut g = self.inner.borrow_mut();
-            let Some(st) = g.streams.remove(&s) else { return };
+            let Some(st) = g.streams.remove(&s) else {
+                return;
+            };
             for wk in st.ids.values() {
                 g.remove_watcher(*wk);
             }
@@ -373,10 +351,16 @@ impl WatchHub {
     }
 
     /// The next response for the stream's client.
-    pub fn poll_response(&self, s: StreamKey, cx: &mut Context<'_>) -> Poll<Option<Result<WatchResponse, Status>>> {
+    pub fn poll_response(
+        &self,
+        s: StreamKey,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WatchResponse, Status>>> {
         let mut g = self.inner.borrow_mut();
         let g = &mut *g;
-        let Some(st) = g.streams.get_mut(&s) else { return Poll::Ready(None) };
+        let Some(st) = g.streams.get_mut(&s) else {
+            return Poll::Ready(None);
+        };
         if st.ended {
             return Poll::Ready(None);
         }
@@ -434,7 +418,9 @@ impl WatchHub {
         let cur = reader.revision();
         let mut g = self.inner.borrow_mut();
         let g = &mut *g;
-        let Some(st) = g.streams.get_mut(&s) else { return };
+        let Some(st) = g.streams.get_mut(&s) else {
+            return;
+        };
         // etcd's watch server: an empty key is "\0", the smallest key.
         let key = if c.key.is_empty() { vec![0] } else { c.key };
         let range_end = c.range_end;
@@ -467,8 +453,20 @@ impl WatchHub {
         } else {
             c.watch_id
         };
-        push(st, WatchResponse { header: hi.header(cur), watch_id: id, created: true, ..Default::default() });
-        let start = if c.start_revision == 0 { cur + 1 } else { c.start_revision };
+        push(
+            st,
+            WatchResponse {
+                header: hi.header(cur),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            },
+        );
+        let start = if c.start_revision == 0 {
+            cur + 1
+        } else {
+            c.start_revision
+        };
         let synced = start > cur;
         let shape = Shape::of(&key, &range_end);
         let w = Watcher {
@@ -478,7 +476,11 @@ impl WatchHub {
             range_end,
             shape,
             min_rev: if synced { start.max(cur + 1) } else { start },
-            state: if synced { State::Synced } else { State::Unsynced },
+            state: if synced {
+                State::Synced
+            } else {
+                State::Unsynced
+            },
             prev_kv: c.prev_kv,
             fragment: c.fragment,
             no_put: c.filters.contains(&0),
@@ -506,10 +508,20 @@ impl WatchHub {
         let hi = self.header_info();
         let cur = self.kv.read().map(|r| r.revision()).unwrap_or_default();
         let mut g = self.inner.borrow_mut();
-        let Some(wk) = g.streams.get_mut(&s).and_then(|st| st.ids.remove(&id)) else { return };
+        let Some(wk) = g.streams.get_mut(&s).and_then(|st| st.ids.remove(&id)) else {
+            return;
+        };
         g.remove_watcher(wk);
         let st = g.streams.get_mut(&s).expect("stream checked above");
-        push(st, WatchResponse { header: hi.header(cur), watch_id: id, canceled: true, ..Default::default() });
+        push(
+            st,
+            WatchResponse {
+                header: hi.header(cur),
+                watch_id: id,
+                canceled: true,
+                ..Default::default()
+            },
+        );
         g.check_deferred_progress(s, &hi, cur);
     }
 
@@ -533,15 +545,26 @@ impl WatchHub {
         let cur = self.kv.read().map(|r| r.revision()).unwrap_or_default();
         let mut g = self.inner.borrow_mut();
         let g = &mut *g;
-        let Some(st) = g.streams.get_mut(&s) else { return };
+        let Some(st) = g.streams.get_mut(&s) else {
+            return;
+        };
         let keys: Vec<WatcherKey> = st.ids.values().copied().collect();
         for wk in keys {
-            let Some(w) = g.watchers.get_mut(&wk) else { continue };
+            let Some(w) = g.watchers.get_mut(&wk) else {
+                continue;
+            };
             if !w.progress_notify {
                 continue;
             }
             if w.progress_due && w.state == State::Synced && has_room(st, &self.limits) {
-                push(st, WatchResponse { header: hi.header(cur), watch_id: w.id, ..Default::default() });
+                push(
+                    st,
+                    WatchResponse {
+                        header: hi.header(cur),
+                        watch_id: w.id,
+                        ..Default::default()
+                    },
+                );
             }
             w.progress_due = true;
         }
@@ -567,7 +590,10 @@ impl WatchHub {
         let mut start = 0;
         while start < events.len() {
             let rev = events[start].kv.mod_revision;
-            let end = events[start..].iter().position(|e| e.kv.mod_revision != rev).map_or(events.len(), |n| start + n);
+            let end = events[start..]
+                .iter()
+                .position(|e| e.kv.mod_revision != rev)
+                .map_or(events.len(), |n| start + n);
             let group = &events[start..end];
             start = end;
             matches.clear();
@@ -583,11 +609,16 @@ impl WatchHub {
             let mut at = 0;
             while at < matches.len() {
                 let wk = matches[at].0;
-                let run_end = matches[at..].iter().position(|m| m.0 != wk).map_or(matches.len(), |n| at + n);
+                let run_end = matches[at..]
+                    .iter()
+                    .position(|m| m.0 != wk)
+                    .map_or(matches.len(), |n| at + n);
                 let idxs = &matches[at..run_end];
                 at = run_end;
                 let g = &mut *g;
-                let Some(w) = g.watchers.get_mut(&wk) else { continue };
+                let Some(w) = g.watchers.get_mut(&wk) else {
+                    continue;
+                };
                 if rev < w.min_rev || w.state != State::Synced {
                     continue;
                 }
@@ -597,8 +628,11 @@ impl WatchHub {
                     if !w.keeps(ev.r#type) {
                         continue;
                     }
-                    let mut pb = pbs[i].get_or_insert_with(|| convert::event(ev.clone())).clone();
-                    let is_create = ev.r#type == EventType::Put && ev.kv.create_revision == ev.kv.mod_revision;
+                    let mut pb = pbs[i]
+                        .get_or_insert_with(|| convert::event(ev.clone()))
+                        .clone();
+                    let is_create =
+                        ev.r#type == EventType::Put && ev.kv.create_revision == ev.kv.mod_revision;
                     if w.prev_kv && !is_create && pb.prev_kv.is_none() {
                         pb.prev_kv = prevs[i]
                             .get_or_insert_with(|| {
@@ -614,15 +648,26 @@ impl WatchHub {
                 if out.is_empty() {
                     continue;
                 }
-                let Some(st) = g.streams.get_mut(&w.stream) else { continue };
+                let Some(st) = g.streams.get_mut(&w.stream) else {
+                    continue;
+                };
                 if has_room(st, &self.limits) {
-                    let resp = WatchResponse { header: hi.header(rev), watch_id: w.id, events: out, ..Default::default() };
+                    let resp = WatchResponse {
+                        header: hi.header(rev),
+                        watch_id: w.id,
+                        events: out,
+                        ..Default::default()
+                    };
                     push_events(st, resp, w.fragment, max_fragment);
                     w.progress_due = false;
                 } else {
                     // The client reads slower than the store changes: catch
                     // this watcher up from the store later, from `rev` on.
-                    tracing::debug!(watch_id = w.id, revision = rev, "watch stream is full; watcher falls back to catch-up");
+                    tracing::debug!(
+                        watch_id = w.id,
+                        revision = rev,
+                        "watch stream is full; watcher falls back to catch-up"
+                    );
                     w.min_rev = rev;
                     w.state = State::Unsynced;
                     g.index.remove(&w.key, &w.shape, wk);
@@ -652,11 +697,17 @@ impl WatchHub {
         let mut done = 0;
         while done < SYNC_BUDGET {
             let Some(s) = g.ready.pop_front() else { break };
-            let Some(st) = g.streams.get_mut(&s) else { continue };
+            let Some(st) = g.streams.get_mut(&s) else {
+                continue;
+            };
             st.in_ready = false;
             while done < SYNC_BUDGET && has_room(st, &self.limits) {
-                let Some(wk) = st.unsynced.pop_front() else { break };
-                let Some(w) = g.watchers.get_mut(&wk) else { continue };
+                let Some(wk) = st.unsynced.pop_front() else {
+                    break;
+                };
+                let Some(w) = g.watchers.get_mut(&wk) else {
+                    continue;
+                };
                 if w.state != State::Unsynced {
                     continue;
                 }
@@ -679,7 +730,11 @@ impl WatchHub {
 
 /// The key at `rev - 1` (etcd's prev_kv), if still readable.
 fn prev_kv(r: &KvReader<Snapshot>, key: &[u8], rev: i64) -> Option<mvccpb::KeyValue> {
-    let req = mvcc::RangeRequest { key: key.to_vec(), revision: rev - 1, ..Default::default() };
+    let req = mvcc::RangeRequest {
+        key: key.to_vec(),
+        revision: rev - 1,
+        ..Default::default()
+    };
     r.range(&req).ok()?.kvs.into_iter().next().map(convert::kv)
 }
 
@@ -696,12 +751,27 @@ fn push_events(st: &mut StreamState, resp: WatchResponse, fragment: bool, max: u
 /// Sends one history batch to an unsynced watcher (or its compaction
 /// notice). Returns true when the watcher reached the current revision and
 /// is now synced (the caller indexes it).
-fn sync_one(w: &mut Watcher, st: &mut StreamState, r: &KvReader<Snapshot>, hi: &HeaderInfo, max_fragment: usize) -> bool {
+fn sync_one(
+    w: &mut Watcher,
+    st: &mut StreamState,
+    r: &KvReader<Snapshot>,
+    hi: &HeaderInfo,
+    max_fragment: usize,
+) -> bool {
     let (cur, compact) = (r.revision(), r.compact_revision());
     let compacted = |w: &mut Watcher, st: &mut StreamState| {
         // etcd: the response carries only the compact revision (header
         // revision 0) and the watcher is dropped from the store's groups.
-        push(st, WatchResponse { header: hi.header(0), watch_id: w.id, compact_revision: compact, canceled: true, ..Default::default() });
+        push(
+            st,
+            WatchResponse {
+                header: hi.header(0),
+                watch_id: w.id,
+                compact_revision: compact,
+                canceled: true,
+                ..Default::default()
+            },
+        );
         w.state = State::Compacted;
         false
     };
@@ -723,15 +793,31 @@ fn sync_one(w: &mut Watcher, st: &mut StreamState, r: &KvReader<Snapshot>, hi: &
             tracing::error!(error = %e, watch_id = w.id, "watch catch-up failed; cancelling the watcher");
             push(
                 st,
-                WatchResponse { header: hi.header(cur), watch_id: w.id, canceled: true, cancel_reason: e.to_string(), ..Default::default() },
+                WatchResponse {
+                    header: hi.header(cur),
+                    watch_id: w.id,
+                    canceled: true,
+                    cancel_reason: e.to_string(),
+                    ..Default::default()
+                },
             );
             w.state = State::Compacted;
             return false;
         }
     };
-    let events: Vec<mvccpb::Event> = resp.events.into_iter().filter(|e| w.keeps(e.r#type)).map(convert::event).collect();
+    let events: Vec<mvccpb::Event> = resp
+        .events
+        .into_iter()
+        .filter(|e| w.keeps(e.r#type))
+        .map(convert::event)
+        .collect();
     if !events.is_empty() {
-        let out = WatchResponse { header: hi.header(cur), watch_id: w.id, events, ..Default::default() };
+        let out = WatchResponse {
+            header: hi.header(cur),
+            watch_id: w.id,
+            events,
+            ..Default::default()
+        };
         push_events(st, out, w.fragment, max_fragment);
         w.progress_due = false;
     }
@@ -750,7 +836,9 @@ fn sync_one(w: &mut Watcher, st: &mut StreamState, r: &KvReader<Snapshot>, hi: &
 
 impl Inner {
     fn remove_watcher(&mut self, wk: WatcherKey) {
-        let Some(w) = self.watchers.remove(&wk) else { return };
+        let Some(w) = self.watchers.remove(&wk) else {
+            return;
+        };
         match w.state {
             State::Synced => {
                 self.index.remove(&w.key, &w.shape, wk);
@@ -767,14 +855,27 @@ impl Inner {
     /// Answers a pending progress request once every live watcher on the
     /// stream is synced.
     fn check_deferred_progress(&mut self, s: StreamKey, hi: &HeaderInfo, cur: i64) {
-        let Some(st) = self.streams.get_mut(&s) else { return };
+        let Some(st) = self.streams.get_mut(&s) else {
+            return;
+        };
         if !st.deferred_progress {
             return;
         }
-        let all_synced = st.ids.values().all(|wk| self.watchers.get(wk).is_none_or(|w| w.state != State::Unsynced));
+        let all_synced = st.ids.values().all(|wk| {
+            self.watchers
+                .get(wk)
+                .is_none_or(|w| w.state != State::Unsynced)
+        });
         if all_synced {
             st.deferred_progress = false;
-            push(st, WatchResponse { header: hi.header(cur), watch_id: INVALID_WATCH_ID, ..Default::default() });
+            push(
+                st,
+                WatchResponse {
+                    header: hi.header(cur),
+                    watch_id: INVALID_WATCH_ID,
+                    ..Default::default()
+                },
+            );
         }
     }
 }
@@ -799,33 +900,37 @@ mod tests {
     fn ev(key: &[u8], value_len: usize) -> mvccpb::Event {
         mvccpb::Event {
             r#type: 0,
-            kv: Some(mvccpb::KeyValue { key: key.to_vec(), value: vec![7; value_len], ..Default::default() }),
+            kv: Some(mvccpb::KeyValue {
+                key: key.to_vec(),
+                value: vec![7; value_len],
+                ..Default::default()
+            }),
             prev_kv: None,
         }
     }
 
     #[test]
     fn fragments_like_etcd() {
-        let resp = WatchResponse { watch_id: 3, events: (0..10).map(|i| ev(&[i], 100)).collect(), ..Default::default() };
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(|i| ev(&[i], 100)).collect(),
+            ..Default::default()
+        };
         // Under the limit, or a single event: untouched.
         assert_eq!(fragments(resp.clone(), 1 << 20).len(), 1);
-        let one = WatchResponse { events: vec![ev(b"a", 5000)], ..Default::default() };
+        let one = WatchResponse {
+            events: vec![ev(b"a", 5000)],
+            ..Default::default()
+        };
         assert_eq!(fragments(one, 100).len(), 1);
         let parts = fragments(resp.clone(), 350);
         assert!(parts.len() > 1);
         assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
         assert!(!parts.last().unwrap().fragment);
-        assert!(parts.iter().all(|p| p.encoded_len() < 350 || p.events.len() == 1));
+        assert!(parts
+            .iter()
+            .all(|p| p.encoded_len() < 350 || p.events.len() == 1));
         let all: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
         assert_eq!(all, resp.events);
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("abc"), None);
     }
 }

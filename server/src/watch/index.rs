@@ -202,7 +202,11 @@ mod tests {
         assert_eq!(hits(&ix, b"b"), vec![4, 7]);
         for (k, s, w) in &ws {
             for probe in [&b"foo"[..], b"fo", b"f", b"a", b"zz", b"foo\0"] {
-                assert_eq!(hits(&ix, probe).contains(w), s.contains(k, probe), "{w} {probe:?}");
+                assert_eq!(
+                    hits(&ix, probe).contains(w),
+                    s.contains(k, probe),
+                    "{w} {probe:?}"
+                );
             }
         }
         assert!(ix.remove(b"fo", &Shape::Prefix, 2));

@@ -9,4 +9,4 @@ mod hub;
 mod index;
 pub mod stream;
 
-pub use hub::{progress_interval_from_env, Limits, WatchHub};
+pub use hub::{Limits, WatchHub};

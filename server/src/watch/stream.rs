@@ -28,7 +28,11 @@ impl WatchOut {
         let task = glommio::spawn_local(async move {
             let recv = async {
                 loop {
-                    RecvRoom { hub: &h, stream: key }.await;
+                    RecvRoom {
+                        hub: &h,
+                        stream: key,
+                    }
+                    .await;
                     match requests.message().await {
                         Ok(Some(req)) => h.handle(key, req),
                         // The client closed its side: etcd keeps sending until
@@ -51,13 +55,20 @@ impl WatchOut {
             };
             futures_lite::future::or(recv, ticks).await
         });
-        WatchOut { hub, key, _task: task }
+        WatchOut {
+            hub,
+            key,
+            _task: task,
+        }
     }
 }
 
 /// etcd adds up to a tenth of the interval so streams do not tick together.
 fn with_jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
     let mut x = u64::from(nanos) | 1;
     x ^= x << 13;
     x ^= x >> 7;
