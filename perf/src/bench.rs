@@ -435,9 +435,9 @@ pub async fn txn_cas(conns: &[Client], clients: usize, a: &TxnCasArgs, run: &Run
     let mut r = out.overall("");
     let (commits, conflicts) = (out.classes[0].count() as f64, out.classes[1].count() as f64);
     let secs = out.wall.as_secs_f64().max(1e-9);
-    r.extra.insert("commits_per_s".into(), commits / secs);
-    r.extra.insert("conflict_share".into(), if commits + conflicts > 0.0 { conflicts / (commits + conflicts) } else { 0.0 });
-    r.extra.insert("commit_p99_s".into(), out.classes[0].percentile_s(99.0));
+    r.extra.insert("commits/s".into(), commits / secs);
+    r.extra.insert("conflict share".into(), if commits + conflicts > 0.0 { conflicts / (commits + conflicts) } else { 0.0 });
+    r.extra.insert("commit p99 s".into(), out.classes[0].percentile_s(99.0));
     r
 }
 
@@ -706,7 +706,7 @@ pub async fn watch_latency(conns: &[Client], a: &WatchLatencyArgs, max: Duration
     let mut r = s.summary("", wall);
     r.stopped_early = stopped;
     r.extra.insert("watchers".into(), n_watchers as f64);
-    r.extra.insert("watch_create_p99_s".into(), ws.create_stats.percentile_s(99.0));
+    r.extra.insert("watch create p99 s".into(), ws.create_stats.percentile_s(99.0));
     r
 }
 

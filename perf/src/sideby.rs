@@ -94,7 +94,7 @@ impl Plan {
                 sweep_total: 3_000,
                 watch_put_total: 100,
                 lease_total: 2_000,
-                watchers_streams: 20,
+                watchers_streams: 100,
                 watchers_per_stream: 100,
                 keys: 100_000,
                 big_range_keys: 50_000,
@@ -113,7 +113,7 @@ impl Plan {
                 sweep_total: 10_000,
                 watch_put_total: 300,
                 lease_total: 6_000,
-                watchers_streams: 100,
+                watchers_streams: 500,
                 watchers_per_stream: 100,
                 keys: 1_000_000,
                 big_range_keys: 100_000,
@@ -256,10 +256,13 @@ async fn start(s: &mut Server, key: &[u8]) -> Result<Duration, String> {
     s.start().map_err(|e| format!("spawn {}: {e}", s.bin.display()))?;
     let url = s.client_url();
     let r = wait_serving(&url, key, Duration::from_secs(120)).await;
-    if r.is_err() {
-        if let Some(why) = s.exited() {
-            return Err(why);
-        }
+    if r.is_ok() {
+        // A server that failed to bind exits at once; make sure the one that
+        // answered is ours, not another process on the same port.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(why) = s.exited() {
+        return Err(why);
     }
     r
 }
@@ -373,7 +376,8 @@ async fn run_load(env: &Env, url: &str, load: &Load) -> Result<Report, String> {
 }
 
 fn record_report(res: &mut Results, name: &str, k: Kind, rep: usize, r: &Report) {
-    res.add(name, "req/s", k, rep, r.rps);
+    // watch latency: "requests" are events received, paced by the put rate.
+    res.add(name, if name.starts_with("watch latency") { "events/s" } else { "req/s" }, k, rep, r.rps);
     for (p, label) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9")] {
         if let Some(v) = r.percentile(p) {
             res.add(name, &format!("{label} s"), k, rep, v);
@@ -448,8 +452,8 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
     }
     named.retain(|(n, _, _)| env.wants(n) || (n.starts_with("sweep") && env.wants("sweep")));
     let wants_watch_mem = env.wants("watchers memory");
-    if named.is_empty() && !wants_watch_mem {
-        return Ok(());
+    if named.is_empty() {
+        return if wants_watch_mem { watchers_memory(env, res).await } else { Ok(()) };
     }
 
     let dir = env.run_dir.join("suite0");
@@ -500,34 +504,47 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
         }
     }
 
-    if wants_watch_mem {
-        let name = "watchers memory";
-        let n = p.watchers_streams * p.watchers_per_stream;
-        for k in order(0) {
-            let url = ensure_up(env, &mut pair, k, res).await?;
-            let pid = pair.get(k).pid().unwrap_or(0);
-            eprintln!("[{:>5.0} s] {name}: {n} watchers — {}", res_elapsed(), k.name());
-            let conns = bench::connect(&ConnCfg::new(&url, 10)).await.map_err(|e| e.to_string())?;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let before = procs::mem_of(pid).map(|m| m.0).unwrap_or(0);
-            let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("watched/{i:06}").into_bytes()).collect();
-            match bench::open_watchers(&conns, p.watchers_streams, p.watchers_per_stream, &keys, false, Duration::from_secs(60), env.progress).await {
-                Ok(w) if w.created == n => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let after = procs::mem_of(pid).map(|m| m.0).unwrap_or(0);
-                    res.add(name, "RSS increase MiB", k, 0, (after as f64 - before as f64) / 1048576.0);
-                    res.add(name, "bytes per watcher", k, 0, (after as f64 - before as f64) / n as f64);
-                    res.add(name, "create all s", k, 0, w.wall.as_secs_f64());
-                    drop(w);
-                }
-                Ok(w) => res.note(name, k, &format!("only {} of {n} watchers created", w.created)),
-                Err(e) if bench::is_unimplemented(&e) => res.note(name, k, "not built yet: the server answers Unimplemented"),
-                Err(e) => res.note(name, k, &format!("could not open watchers: {}", bench::error_text(&e))),
-            }
-        }
-    }
     for s in pair.servers.iter_mut() {
         stop(s);
+    }
+    if wants_watch_mem {
+        watchers_memory(env, res).await?;
+    }
+    Ok(())
+}
+
+/// RSS held by many idle watchers: fresh servers (nothing else in their
+/// heap), RSS before, open every watcher (distinct keys), settle, RSS after.
+async fn watchers_memory(env: &Env, res: &mut Results) -> Result<(), String> {
+    let p = &env.plan;
+    let name = "watchers memory";
+    let n = p.watchers_streams * p.watchers_per_stream;
+    let dir = env.run_dir.join("watchers");
+    for k in order(0) {
+        let mut s = Server::new(k, env.bin(k), &dir, env.extra(k));
+        start(&mut s, b"x").await.map_err(|e| format!("{}: {e}", k.name()))?;
+        let (url, pid) = (s.client_url(), s.pid().unwrap_or(0));
+        eprintln!("[{:>5.0} s] {name}: {n} watchers on {} streams — {}", res_elapsed(), p.watchers_streams, k.name());
+        let conns = bench::connect(&ConnCfg::new(&url, p.watchers_streams.div_ceil(50))).await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = procs::mem_of(pid).map(|m| m.0).unwrap_or(0);
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("watched/{i:07}").into_bytes()).collect();
+        match bench::open_watchers(&conns, p.watchers_streams, p.watchers_per_stream, &keys, false, Duration::from_secs(60), env.progress).await {
+            Ok(w) if w.created == n => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let after = procs::mem_of(pid).map(|m| m.0).unwrap_or(0);
+                res.add(name, "RSS idle MiB", k, 0, before as f64 / 1048576.0);
+                res.add(name, &format!("RSS increase for {n} watchers MiB"), k, 0, (after as f64 - before as f64) / 1048576.0);
+                res.add(name, "bytes per watcher", k, 0, (after as f64 - before as f64) / n as f64);
+                res.add(name, "create all s", k, 0, w.wall.as_secs_f64());
+                drop(w);
+            }
+            Ok(w) => res.note(name, k, &format!("only {} of {n} watchers created", w.created)),
+            Err(e) if bench::is_unimplemented(&e) => res.note(name, k, "not built yet: the server answers Unimplemented"),
+            Err(e) => res.note(name, k, &format!("could not open watchers: {}", bench::error_text(&e))),
+        }
+        drop(conns);
+        stop(&mut s);
     }
     Ok(())
 }
@@ -689,7 +706,7 @@ fn goal(workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)>
 }
 
 fn fmt_value(metric: &str, v: f64) -> String {
-    if metric.ends_with(" s") || metric.ends_with("_s") {
+    if metric.ends_with(" s") {
         if v < 1.0 {
             format!("{:.3} ms", v * 1e3)
         } else {
@@ -708,7 +725,7 @@ fn fmt_value(metric: &str, v: f64) -> String {
 
 /// Metrics shown in the table, per workload kind (the rest are in results.json).
 fn shown(metric: &str) -> bool {
-    !matches!(metric, "errors" | "avg s" | "p90 s" | "commit_p99_s" | "watchers")
+    !matches!(metric, "errors" | "avg s" | "p90 s" | "p99.9 s" | "commit p99 s" | "watchers" | "watch create p99 s")
 }
 
 pub fn markdown(res: &Results, quick: bool) -> String {
@@ -849,7 +866,7 @@ fn chart_files(res: &Results) -> Vec<(String, String)> {
             (f.workload.starts_with("memory after") && f.metric == "RSS MiB")
                 || (f.workload.starts_with("10 clients read") && f.metric == "peak RSS MiB")
                 || (f.workload.starts_with("restart") && f.metric == "RSS after first read MiB")
-                || (f.workload == "watchers memory" && f.metric == "RSS increase MiB")
+                || (f.workload == "watchers memory" && f.metric.starts_with("RSS increase"))
         })
         .map(|f| (f.workload.clone(), f.metric.clone()))
         .fold(Vec::new(), |mut v, x| {
