@@ -11,8 +11,21 @@ use etcd_client::{Client, DeleteOptions, GetOptions, PutOptions};
 use ironcd_tests::{ok, Scratch, Server};
 
 /// Sends one gRPC call with a raw body through curl (HTTP/2 prior
-/// knowledge); returns (grpc-status, grpc-message).
+/// knowledge); returns (grpc-status, grpc-message). A server may answer and
+/// reset the stream before curl has sent the whole body, and curl then
+/// prints no headers: such a try is repeated (at most 3 times).
 fn raw_grpc(endpoint: &str, method: &str, frame: &[u8]) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    for _ in 0..3 {
+        last = raw_grpc_once(endpoint, method, frame);
+        if !last.0.is_empty() {
+            break;
+        }
+    }
+    last
+}
+
+fn raw_grpc_once(endpoint: &str, method: &str, frame: &[u8]) -> (String, String) {
     let file = std::env::temp_dir().join(format!("ironcd-bad-{}-{}", std::process::id(), method.replace('/', "_")));
     std::fs::write(&file, frame).unwrap();
     let out = Command::new("curl")
