@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironcd_engine::btree::{Db, Snapshot};
+use ironcd_engine::btree::{Db, Snapshot, PAGE_SIZE};
 use ironcd_engine::mvcc::{KvReader, KvStore};
 use ironcd_raft_net::{Raft, Request};
 use openraft::async_runtime::WatchReceiver;
@@ -17,10 +17,12 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use crate::alarm;
 use crate::config::Config;
 use crate::convert::HeaderInfo;
 use crate::error;
 use crate::lessor::Lessor;
+use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::state_machine::{Applied, StateMachine};
 
@@ -39,6 +41,9 @@ pub struct EtcdServer {
     pub cfg: Config,
     pub lessor: Rc<Lessor>,
     next_id: Cell<u64>,
+    /// Bytes of the store in use (pages not free), refreshed by
+    /// [`Self::start_space_monitor`].
+    pub space_in_use: Cell<u64>,
 }
 
 impl EtcdServer {
@@ -65,6 +70,7 @@ impl EtcdServer {
             cfg,
             lessor,
             next_id: Cell::new(first),
+            space_in_use: Cell::new(0),
         }
     }
 
@@ -92,6 +98,47 @@ impl EtcdServer {
             return Err(error::no_leader());
         }
         Ok(())
+    }
+
+    /// etcd's space quota, checked before proposing a write that adds data:
+    /// fails while NOSPACE is raised, and raises it (through raft) when the
+    /// store would grow past `--quota-backend-bytes`.
+    pub async fn check_space(&self, request_bytes: usize) -> Result<(), Status> {
+        if alarm::no_space(self.reader()?.view()) {
+            return Err(alarm::no_space_error());
+        }
+        let quota = match self.cfg.quota_backend_bytes {
+            q if q <= 0 => alarm::DEFAULT_QUOTA,
+            q => q as u64,
+        };
+        if self.space_in_use.get() + request_bytes as u64 > quota {
+            let raise = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            tracing::warn!(quota_bytes = quota, in_use_bytes = self.space_in_use.get(), "database space exceeded");
+            let _ = self.propose(raft_request::Request::Alarm(raise)).await;
+            return Err(alarm::no_space_error());
+        }
+        Ok(())
+    }
+
+    /// Keeps [`Self::space_in_use`] current (every 100 ms).
+    pub fn start_space_monitor(self: &Rc<Self>) {
+        let srv = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            loop {
+                let Some(s) = srv.upgrade() else { return };
+                if let Ok(st) = s.kv.store().stats() {
+                    let free = st.free_pages + st.pending_pages;
+                    s.space_in_use.set(st.high_water.saturating_sub(free) * PAGE_SIZE as u64);
+                }
+                drop(s);
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .detach();
     }
 
     /// Refuses requests larger than `--max-request-bytes`, as etcd does.

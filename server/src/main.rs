@@ -2,6 +2,7 @@
 //! store, starts its raft group and serves the etcd v3 gRPC API on a glommio
 //! executor. Threading and data flow: `docs/server.md`.
 
+mod alarm;
 mod auto_compact;
 mod config;
 mod convert;
@@ -312,6 +313,7 @@ async fn serve_member(
         lessor,
     ));
     srv.start_compactor();
+    srv.start_space_monitor();
     auto_compact::start(Rc::downgrade(&srv), auto_compaction);
     lessor::start(&srv);
     hub.start(&srv);

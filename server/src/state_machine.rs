@@ -53,6 +53,7 @@ pub enum Applied {
     LeaseGrant(MvccResult<mvcc::LeaseGrantResponse>),
     LeaseRevoke(MvccResult<mvcc::LeaseRevokeResponse>),
     LeaseCheckpoint(MvccResult<mvcc::ResponseHeader>),
+    Alarm(MvccResult<crate::pb::etcdserverpb::AlarmResponse>),
     /// A request this build cannot apply (undecodable, or a kind not built yet).
     Unsupported(String),
 }
@@ -210,7 +211,7 @@ fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -
                 .collect();
             Applied::LeaseCheckpoint(w.lease_checkpoint(index, &cps))
         }
-        other => Applied::Unsupported(format!("request kind not built yet: {other:?}")),
+        Req::Alarm(a) => Applied::Alarm(crate::alarm::apply(w.view_mut(), &a)),
     }
 }
 

@@ -259,3 +259,36 @@ fn periodic_auto_compaction_compacts_old_history() {
     // Latest data is intact.
     assert!(ok(&ep, &["get", "k"]).contains("more"));
 }
+
+#[test]
+fn space_quota_raises_nospace_until_disarmed() {
+    let dir = Scratch::new("quota");
+    let srv = Server::start(Kind::Ironcd, dir.path(), &["--quota-backend-bytes", "400000"]);
+    let ep = srv.endpoint();
+    let value = "q".repeat(60_000);
+    let mut refused = None;
+    for i in 0..40 {
+        let out = ironcd_tests::etcdctl_stdin(&ep, &["put", &format!("big{i}")], Some(&value));
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).to_string());
+            break;
+        }
+    }
+    let err = refused.expect("40 × 60 kB must exceed a 400 kB quota");
+    assert!(err.contains("etcdserver: mvcc: database space exceeded"), "{err}");
+    let alarms = ok(&ep, &["alarm", "list"]);
+    assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
+    let status = ok(&ep, &["endpoint", "status", "-w", "table"]);
+    assert!(status.contains("alarm:NOSPACE"), "{status}");
+    // Writes that add data fail; reads, deletes and compaction work.
+    assert_eq!(fails(&ep, &["put", "small", "x"]), "Error: etcdserver: mvcc: database space exceeded");
+    assert!(ok(&ep, &["get", "big0", "--print-value-only"]).starts_with("qqq"));
+    ok(&ep, &["del", "--prefix", "big"]);
+    let rev: String = ok(&ep, &["get", "x", "-w", "json"]).split("\"revision\":").nth(1).unwrap().chars().take_while(|c| c.is_ascii_digit()).collect();
+    ok(&ep, &["compact", &rev, "--physical"]);
+    let disarmed = ok(&ep, &["alarm", "disarm"]);
+    assert!(disarmed.contains("alarm:NOSPACE"), "{disarmed}");
+    assert_eq!(ok(&ep, &["alarm", "list"]).trim(), "");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(&ep, &["put", "small", "x"]);
+}

@@ -679,6 +679,12 @@ impl<W: WriteView> KvWriter<W> {
         Ok(())
     }
 
+    /// The write view, for trees MVCC does not own (the server's alarms and
+    /// raft bookkeeping in `Tree::Meta` under their own key prefixes).
+    pub fn view_mut(&mut self) -> &mut W {
+        &mut self.view
+    }
+
     /// Gives back the write view (every request's state is already in it).
     pub fn into_view(self) -> W {
         self.view

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use ironcd_engine::mvcc::validate;
+use ironcd_engine::mvcc::{self, validate};
 use prost::Message;
 use send_wrapper::SendWrapper;
 use tonic::{Request, Response, Status};
@@ -26,6 +26,15 @@ impl KvService {
             srv: SendWrapper::new(srv),
         }
     }
+}
+
+/// Whether a txn may add data (has a put in any branch, at any depth).
+fn txn_puts(t: &mvcc::TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(mvcc::Request::RequestPut(_)) => true,
+        Some(mvcc::Request::RequestTxn(inner)) => txn_puts(inner),
+        _ => false,
+    })
 }
 
 fn unexpected(a: Applied) -> Status {
@@ -61,6 +70,7 @@ impl EtcdServer {
         self.check_size(r.encoded_len())?;
         let r = convert::put_req(r);
         validate::check_put_request(&r).map_err(error::mvcc)?;
+        self.check_space(r.key.len() + r.value.len()).await?;
         match self.propose(Req::Put(convert::put_req_pb(r))).await? {
             Applied::Put(res) => Ok(convert::put_resp(
                 res.map_err(error::mvcc)?,
@@ -100,6 +110,9 @@ impl EtcdServer {
         self.check_size(r.encoded_len())?;
         let t = convert::txn_req(r.clone())?;
         validate::check_txn_request(&t, self.cfg.max_txn_ops as usize).map_err(error::mvcc)?;
+        if txn_puts(&t) {
+            self.check_space(r.encoded_len()).await?;
+        }
         match self.propose(Req::Txn(r)).await? {
             Applied::Txn(res) => Ok(convert::txn_resp(
                 res.map_err(error::mvcc)?,

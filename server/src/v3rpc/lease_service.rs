@@ -59,6 +59,7 @@ impl EtcdServer {
         r: pb::LeaseGrantRequest,
     ) -> Result<pb::LeaseGrantResponse, Status> {
         self.check_has_leader(md)?;
+        self.check_space(0).await?;
         // id 0: the apply step picks a free id from the raft index, the same on every member.
         match self.propose(Req::LeaseGrant(r)).await? {
             Applied::LeaseGrant(res) => {

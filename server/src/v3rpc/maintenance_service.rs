@@ -1,6 +1,6 @@
 //! etcd's Maintenance service. Built: Status, Hash, HashKV, Defragment,
-//! Alarm (get), Snapshot. MoveLeader and alarm activation answer
-//! `Unimplemented` until built.
+//! Alarm (with the space quota, `alarm.rs`), Snapshot. MoveLeader answers
+//! `Unimplemented` until the clustering issue.
 
 use std::rc::Rc;
 
@@ -10,12 +10,15 @@ use openraft::async_runtime::WatchReceiver;
 use send_wrapper::SendWrapper;
 use tonic::{Request, Response, Status};
 
+use crate::alarm;
 use crate::config::ETCD_VERSION;
 use crate::error;
 use crate::etcd_server::EtcdServer;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
+use crate::pb::ironcdpb::raft_request::Request as Req;
 use crate::snapshot::SnapshotWriter;
+use crate::state_machine::Applied;
 
 /// tonic's boxed server stream (what its generated default methods use).
 type SnapshotStream = tonic::codegen::BoxStream<pb::SnapshotResponse>;
@@ -57,10 +60,25 @@ impl EtcdServer {
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
-            errors: Vec::new(),
+            errors: alarm::list(self.reader()?.view()).iter().map(alarm::describe).collect(),
             db_size_in_use: (stats.high_water.saturating_sub(free) * PAGE_SIZE as u64) as i64,
             is_learner: false,
         })
+    }
+
+    /// GET lists every raised alarm; ACTIVATE and DEACTIVATE go through raft.
+    async fn alarm(&self, r: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
+        let mut resp = if r.action == pb::alarm_request::AlarmAction::Get as i32 {
+            let reader = self.reader()?;
+            pb::AlarmResponse { header: None, alarms: alarm::list(reader.view()) }
+        } else {
+            match self.propose(Req::Alarm(r)).await? {
+                Applied::Alarm(res) => res.map_err(error::mvcc)?,
+                other => return Err(Status::internal(format!("unexpected apply result {other:?}"))),
+            }
+        };
+        resp.header = self.header_info().header(self.reader()?.revision());
+        Ok(resp)
     }
 
     fn hash(&self) -> Result<pb::HashResponse, Status> {
@@ -184,18 +202,6 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let srv = self.srv.clone();
         let r = req.into_inner();
-        SendWrapper::new(async move {
-            // No alarm is ever raised yet (the space quota arrives later):
-            // GET lists none, DEACTIVATE has nothing to clear.
-            if r.action == pb::alarm_request::AlarmAction::Activate as i32 {
-                return Err(Status::unimplemented("alarm activation is not built yet"));
-            }
-            let rev = srv.reader()?.revision();
-            Ok(Response::new(pb::AlarmResponse {
-                header: srv.header_info().header(rev),
-                alarms: Vec::new(),
-            }))
-        })
-        .await
+        SendWrapper::new(async move { srv.alarm(r).await.map(Response::new) }).await
     }
 }
