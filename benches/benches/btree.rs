@@ -40,6 +40,32 @@ fn value(i: u64) -> [u8; VALUE_LEN] {
     v
 }
 
+/// Runs `a` and `b` alternately `rounds` times (each timing `per` calls)
+/// and prints both medians per call: on a shared, noisy machine the ratio
+/// survives load changes that skew back-to-back criterion groups.
+fn paired(name: &str, rounds: usize, per: u32, mut a: impl FnMut(), mut b: impl FnMut()) {
+    let (mut ta, mut tb) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..per {
+            a();
+        }
+        ta.push(t.elapsed() / per);
+        let t = Instant::now();
+        for _ in 0..per {
+            b();
+        }
+        tb.push(t.elapsed() / per);
+    }
+    ta.sort();
+    tb.sort();
+    let (ma, mb) = (ta[rounds / 2], tb[rounds / 2]);
+    eprintln!(
+        "paired {name}: ironcd {ma:?}  redb {mb:?}  (ironcd/redb = {:.2})",
+        ma.as_secs_f64() / mb.as_secs_f64()
+    );
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self, n: u64) -> u64 {
@@ -250,6 +276,94 @@ fn benches(c: &mut Criterion) {
             w.commit().unwrap();
         })
     });
+
+    // Paired runs (see `paired`): same operations, alternating stores.
+    {
+        let (snap, rtxn) = (idb.snapshot(), rdb.begin_read().unwrap());
+        let rtbl = rtxn.open_table(TABLE).unwrap();
+        let mut ra = Rng(7);
+        let mut rb = Rng(7);
+        paired(
+            "get",
+            101,
+            2000,
+            || drop(black_box(snap.get(Tree::Kv, &key(ra.next(n))).unwrap().unwrap().len())),
+            || drop(black_box(rtbl.get(&key(rb.next(n))[..]).unwrap().unwrap().value().len())),
+        );
+        paired(
+            "range100",
+            101,
+            200,
+            || {
+                let start = key(ra.next(n));
+                let mut left = 100;
+                snap.scan(Tree::Kv, Bound::Included(&start[..]), Bound::Unbounded, false, &mut |_, v| {
+                    black_box(v);
+                    left -= 1;
+                    left > 0
+                })
+                .unwrap();
+            },
+            || {
+                let start = key(rb.next(n));
+                for e in rtbl.range(&start[..]..).unwrap().take(100) {
+                    black_box(e.unwrap().1.value().len());
+                }
+            },
+        );
+    }
+    let (mut ra, mut rb) = (Rng(11), Rng(11));
+    paired(
+        "put1000_commit",
+        21,
+        1,
+        || {
+            let mut w = idb.begin_write().unwrap();
+            for _ in 0..1000 {
+                let i = ra.next(2 * n);
+                w.put(Tree::Kv, &key(i), &value(i)).unwrap();
+            }
+            w.commit().unwrap();
+        },
+        || {
+            let mut w = rdb.begin_write().unwrap();
+            w.set_durability(redb::Durability::None).unwrap();
+            {
+                let mut tbl = w.open_table(TABLE).unwrap();
+                for _ in 0..1000 {
+                    let i = rb.next(2 * n);
+                    tbl.insert(&key(i)[..], &value(i)[..]).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        },
+    );
+    idb.sync().unwrap();
+    paired(
+        "put1000_commit_sync",
+        11,
+        1,
+        || {
+            let mut w = idb.begin_write().unwrap();
+            for _ in 0..1000 {
+                let i = ra.next(n);
+                w.put(Tree::Kv, &key(i), &value(i)).unwrap();
+            }
+            w.commit().unwrap();
+            idb.sync().unwrap();
+        },
+        || {
+            let w = rdb.begin_write().unwrap();
+            {
+                let mut tbl = w.open_table(TABLE).unwrap();
+                for _ in 0..1000 {
+                    let i = rb.next(n);
+                    tbl.insert(&key(i)[..], &value(i)[..]).unwrap();
+                }
+            }
+            w.commit().unwrap();
+        },
+    );
 
     // Open a populated store and serve the first read (page cache warm).
     idb.sync().unwrap();
