@@ -182,7 +182,7 @@ impl EtcdServer {
                 if f.leader_id.is_none() {
                     Err(error::no_leader())
                 } else {
-                    Err(Status::unavailable(error::NOT_LEADER))
+                    Err(Status::failed_precondition(error::NOT_LEADER))
                 }
             }
             Err(RaftError::APIError(e)) => Err(Status::unavailable(format!("etcdserver: {e}"))),

@@ -465,7 +465,7 @@ impl EtcdServer {
             }
             match self.leader() {
                 Some(l) if l != self.member_id => {
-                    return Err(Status::unavailable(error::NOT_LEADER))
+                    return Err(Status::failed_precondition(error::NOT_LEADER))
                 }
                 _ => {}
             }

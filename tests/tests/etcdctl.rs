@@ -292,3 +292,18 @@ fn space_quota_raises_nospace_until_disarmed() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     ok(&ep, &["put", "small", "x"]);
 }
+
+#[test]
+fn move_leader_to_self_succeeds_and_to_a_stranger_fails() {
+    for kind in [Kind::Etcd, Kind::Ironcd] {
+        let dir = Scratch::new("move-leader");
+        let srv = Server::start(kind, dir.path(), &[]);
+        let ep = srv.endpoint();
+        let id = ok(&ep, &["member", "list"]).split(", ").next().unwrap().to_string();
+        let out = etcdctl(&ep, &["move-leader", &id]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{kind:?}: {text}");
+        assert!(text.contains(&format!("Leadership transferred from {id} to {id}")), "{kind:?}: {text}");
+        assert_eq!(fails(&ep, &["move-leader", "1234"]), "Error: etcdserver: bad leader transferee", "{kind:?}");
+    }
+}

@@ -1,6 +1,5 @@
 //! etcd's Maintenance service. Built: Status, Hash, HashKV, Defragment,
-//! Alarm (with the space quota, `alarm.rs`), Snapshot. MoveLeader answers
-//! `Unimplemented` until the clustering issue.
+//! Alarm (with the space quota, `alarm.rs`), Snapshot, MoveLeader.
 
 use std::rc::Rc;
 
@@ -64,6 +63,29 @@ impl EtcdServer {
             db_size_in_use: (stats.high_water.saturating_sub(free) * PAGE_SIZE as u64) as i64,
             is_learner: false,
         })
+    }
+
+    /// etcd's MoveLeader: only the leader may move leadership, and only to a
+    /// voting member; waits (bounded) until the target leads.
+    async fn move_leader(&self, target: u64) -> Result<pb::MoveLeaderResponse, Status> {
+        if self.leader() != Some(self.member_id) {
+            return Err(Status::failed_precondition(crate::error::NOT_LEADER));
+        }
+        let is_voter = self.members().iter().any(|m| m.id == target && !m.is_learner);
+        if !is_voter {
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        if target != self.member_id {
+            self.raft.trigger().transfer_leader(target).await.map_err(|_| crate::error::stopped())?;
+            let deadline = std::time::Instant::now() + self.request_timeout();
+            while self.leader() != Some(target) {
+                if std::time::Instant::now() > deadline {
+                    return Err(Status::unavailable("etcdserver: request timed out, leader transfer took too long"));
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(self.cfg.heartbeat_interval)).await;
+            }
+        }
+        Ok(pb::MoveLeaderResponse { header: self.header_info().header(self.reader()?.revision()) })
     }
 
     /// GET lists every raised alarm; ACTIVATE and DEACTIVATE go through raft.
@@ -194,6 +216,15 @@ impl Maintenance for MaintenanceService {
             }))
         })
         .await
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let srv = self.srv.clone();
+        let target = req.into_inner().target_id;
+        SendWrapper::new(async move { srv.move_leader(target).await.map(Response::new) }).await
     }
 
     async fn alarm(
