@@ -88,6 +88,21 @@ pub fn status_kb(status: &str, field: &str) -> Option<u64> {
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user + system) a process has used so far (`/proc/<pid>/stat`).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_from_stat(&s)
+}
+
+pub fn cpu_from_stat(stat: &str) -> Option<Duration> {
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s): (u64, u64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Duration::from_secs_f64((u + s) as f64 / hz))
+}
+
 /// Resets a process's peak RSS (VmHWM) to its current RSS (`clear_refs` 5).
 pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -239,6 +254,15 @@ mod tests {
         assert_eq!(status_kb(s, "VmRSS:"), Some(1024));
         assert_eq!(status_kb(s, "VmHWM:"), Some(2048));
         assert_eq!(status_kb(s, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn parses_cpu_time() {
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let st = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 100 1000 10";
+        let d = cpu_from_stat(st).unwrap();
+        assert!((d.as_secs_f64() - 300.0 / hz).abs() < 1e-9);
+        assert!(cpu_time(std::process::id()).is_some());
     }
 
     #[test]

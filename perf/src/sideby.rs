@@ -475,7 +475,11 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
                 }
                 let url = ensure_up(env, &mut pair, k, res).await?;
                 eprintln!("[{:>5.0} s] {name} — {} (rep {})", res_elapsed(), k.name(), rep + 1);
-                match run_load(env, &url, load).await {
+                let pid = pair.get(k).pid().unwrap_or(0);
+                let cpu0 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
+                let run = run_load(env, &url, load).await;
+                let cpu1 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
+                match run {
                     Ok(r) if r.unimplemented => {
                         res.note(name, k, "not built yet: the server answers Unimplemented");
                         unimpl.insert((name.clone(), k), true);
@@ -496,6 +500,12 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
                         }
                         if r.ok > 0 {
                             record_report(res, name, k, rep, &r);
+                            // CPU per request: far less sensitive to a busy machine than throughput.
+                            if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu0, cpu1) {
+                                let n = r.ok as f64;
+                                res.add(name, "server CPU µs/req", k, rep, (c - a).as_secs_f64() * 1e6 / n);
+                                res.add(name, "client CPU µs/req", k, rep, (d - b).as_secs_f64() * 1e6 / n);
+                            }
                         }
                     }
                     Err(e) => res.note(name, k, &format!("could not run: {e}")),
@@ -706,6 +716,9 @@ fn goal(workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)>
 }
 
 fn fmt_value(metric: &str, v: f64) -> String {
+    if metric.contains("µs/req") {
+        return format!("{v:.0} µs");
+    }
     if metric.ends_with(" s") {
         if v < 1.0 {
             format!("{:.3} ms", v * 1e3)
