@@ -287,8 +287,12 @@ fn benches(c: &mut Criterion) {
             "get",
             101,
             2000,
-            || drop(black_box(snap.get(Tree::Kv, &key(ra.next(n))).unwrap().unwrap().len())),
-            || drop(black_box(rtbl.get(&key(rb.next(n))[..]).unwrap().unwrap().value().len())),
+            || {
+                black_box(snap.get(Tree::Kv, &key(ra.next(n))).unwrap().unwrap().len());
+            },
+            || {
+                black_box(rtbl.get(&key(rb.next(n))[..]).unwrap().unwrap().value().len());
+            },
         );
         paired(
             "range100",
