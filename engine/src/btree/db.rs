@@ -143,6 +143,8 @@ struct WriterState {
     durable: Meta,
     durable_slot: u64,
     freelist_pages: Vec<u64>,
+    /// The freelist pages of a `sync` in flight, not yet named by a durable meta.
+    incoming_freelist: Vec<u64>,
     /// Published versions, oldest first, to find the oldest live snapshot.
     versions: VecDeque<(u64, Weak<Version>)>,
     #[cfg(debug_assertions)]
@@ -229,6 +231,8 @@ pub struct Db {
     opts: DbOptions,
     current: Mutex<Arc<Version>>,
     writer: Mutex<WriterState>,
+    /// One `sync` at a time; it holds `writer` only to prepare and to finish.
+    sync_lock: Mutex<()>,
 }
 
 /// Maps an I/O error, building the context only on failure.
@@ -292,11 +296,12 @@ impl Db {
             durable: meta,
             durable_slot: slot,
             freelist_pages: Vec::new(),
+            incoming_freelist: Vec::new(),
             versions: VecDeque::from([(v.txid, Arc::downgrade(&v))]),
             #[cfg(debug_assertions)]
             syncs: 0,
         };
-        Ok(Db { io, name, opts, current: Mutex::new(v), writer: Mutex::new(g) })
+        Ok(Db { io, name, opts, current: Mutex::new(v), writer: Mutex::new(g), sync_lock: Mutex::new(()) })
     }
 
     /// Writes the two initial meta pages of an empty store.
@@ -407,7 +412,9 @@ impl Db {
         Ok(())
     }
 
-    fn sync_locked(&self, g: &mut WriterState, cur: &Version) -> StoreResult<()> {
+    /// Sync steps S1-S2 (under the writer lock): writes the freelist of
+    /// `cur` and returns the meta page to write and its slot.
+    fn sync_prepare(&self, g: &mut WriterState, cur: &Version) -> StoreResult<(Meta, u64)> {
         // Every page free in state `cur`: reusable, pending (whatever their
         // readers: after a crash there are none) and the superseded freelist.
         let mut list: Vec<u64> = g
@@ -446,7 +453,11 @@ impl Db {
             })
             .collect();
         self.write_pages(g, &mut out)?;
-        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (pages)", self.name)))?;
+        g.incoming_freelist = fl_pages.clone();
+        // Pages allocated from here on are unreachable from both the durable
+        // meta and the one being written; earlier ones are treated as
+        // reachable (conservatively) until the next sync.
+        g.fresh.clear();
         let meta = Meta {
             txid: cur.txid,
             applied: cur.applied,
@@ -455,19 +466,17 @@ impl Db {
             free_count: list.len() as u64,
             roots: cur.roots,
         };
-        let slot = 1 - g.durable_slot;
+        Ok((meta, 1 - g.durable_slot))
+    }
+
+    /// Sync steps S3-S5, without the writer lock: commits may run meanwhile,
+    /// writing only pages that neither the durable meta nor `meta` reaches.
+    fn sync_flush(&self, meta: &Meta, slot: u64) -> StoreResult<()> {
+        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (pages)", self.name)))?;
         self.io
-            .write_at(slot * PS, &encode_meta(&meta))
+            .write_at(slot * PS, &encode_meta(meta))
             .map_err(io_err(|| format!("writing meta page {slot} of {}", self.name)))?;
-        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (meta)", self.name)))?;
-        // Only the superseded meta reached the old freelist pages.
-        let old = std::mem::replace(&mut g.freelist_pages, fl_pages);
-        g.free.extend(old);
-        g.durable = meta;
-        g.durable_slot = slot;
-        g.fresh.clear();
-        g.promote();
-        Ok(())
+        self.io.sync_data().map_err(io_err(|| format!("fdatasync of {} (meta)", self.name)))
     }
 
     /// Verifies the whole file: every page below the high-water mark is
@@ -492,7 +501,7 @@ impl Db {
                 hwm: g.hwm,
                 free: &g.free,
                 pending: &g.all_pending().copied().collect::<Vec<_>>(),
-                freelist_pages: &g.freelist_pages,
+                freelist_pages: &[&g.freelist_pages[..], &g.incoming_freelist[..]].concat(),
             },
         )
     }
@@ -546,7 +555,7 @@ impl Store for Db {
         Snapshot { v: self.current() }
     }
 
-    /// Waits for the previous writer (or a running `sync`) to finish.
+    /// Waits for the previous writer, or for a `sync` preparing or finishing.
     fn begin_write(&self) -> StoreResult<WriteTxn<'_>> {
         let mut g = self.lock_writer()?;
         self.load_freelist(&mut g)?;
@@ -556,19 +565,45 @@ impl Store for Db {
         Ok(WriteTxn { db: self, applied: base.applied, g, base, trees })
     }
 
+    /// Holds the writer lock only to prepare (S1-S2) and to finish (S6); a
+    /// writer can commit while the two `fdatasync`s run.
     fn sync(&self) -> StoreResult<()> {
-        let mut g = self.lock_writer()?;
-        self.load_freelist(&mut g)?;
-        let cur = self.current();
-        if cur.txid == g.durable.txid {
-            return Ok(());
-        }
-        if let Err(e) = self.sync_locked(&mut g, &cur) {
+        let _one = self.sync_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (meta, slot) = {
+            let mut g = self.lock_writer()?;
+            self.load_freelist(&mut g)?;
+            let cur = self.current();
+            if cur.txid == g.durable.txid {
+                return Ok(());
+            }
+            match self.sync_prepare(&mut g, &cur) {
+                Ok(x) => x,
+                Err(e) => {
+                    g.poisoned = Some(e.to_string());
+                    return Err(e);
+                }
+            }
+        };
+        let flushed = self.sync_flush(&meta, slot);
+        let mut g = self
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Poisoned("a writer panicked mid-transaction".into()))?;
+        if let Err(e) = flushed {
             g.poisoned = Some(e.to_string());
             return Err(e);
         }
+        // S6. Only the superseded meta reached the old freelist pages.
+        let incoming = std::mem::take(&mut g.incoming_freelist);
+        let old = std::mem::replace(&mut g.freelist_pages, incoming);
+        g.free.extend(old);
+        g.durable = meta;
+        g.durable_slot = slot;
+        g.promote();
         #[cfg(debug_assertions)]
-        self.debug_check(&mut g)?;
+        if g.poisoned.is_none() {
+            self.debug_check(&mut g)?;
+        }
         Ok(())
     }
 }
