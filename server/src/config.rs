@@ -145,6 +145,11 @@ pub struct Config {
     )]
     pub pin_cores: bool,
 
+    /// Applied entries between two syncs of the store file (the WAL covers
+    /// the rest; a restart replays at most this many entries).
+    #[arg(long = "ironcd-store-sync-entries", env = "IRONCD_STORE_SYNC_ENTRIES", default_value_t = 10_000)]
+    pub store_sync_entries: u64,
+
     /// Size of each WAL segment file in bytes.
     #[arg(long = "ironcd-wal-segment-bytes", env = "IRONCD_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,

@@ -258,7 +258,7 @@ async fn serve_member(
     let apply_hub = hub.clone();
     let sm = StateMachine::new(
         kv.clone(),
-        10_000,
+        cfg.store_sync_entries,
         Rc::new(move |events: &mut Vec<mvcc::Event>, revision: i64| {
             apply_hub.on_apply(events, revision)
         }),

@@ -3,7 +3,8 @@
 //! - Each `apply` call applies its whole batch of entries in **one** B-tree
 //!   write transaction and publishes it once; responses go back only after
 //!   the publish, so a client that got a write's response reads it next.
-//! - The B-tree is made durable (`sync`) every `sync_every` entries, when a
+//! - The B-tree is made durable (`sync`, on a blocking thread so the raft
+//!   core never waits for its fdatasyncs) every `sync_every` entries, when a
 //!   snapshot is built, and at shutdown. Between syncs the WAL holds what the
 //!   B-tree lacks: the store records the last applied log id next to the
 //!   data, and on restart openraft re-applies the log after it.
@@ -82,6 +83,11 @@ pub struct StateMachine {
     membership: Membership,
     unsynced: u64,
     sync_every: u64,
+    /// A background sync is running (on a blocking thread: the store's sync
+    /// holds its writer lock only to prepare, not during the fdatasyncs).
+    sync_running: Rc<std::cell::Cell<bool>>,
+    /// A background sync failed: the store is poisoned, applying must stop.
+    sync_failed: Rc<std::cell::RefCell<Option<String>>>,
     snapshot: Option<Meta>,
     /// Called after each published batch with its events (revision order)
     /// and the store's revision after the batch (watch hub).
@@ -116,6 +122,8 @@ impl StateMachine {
             membership,
             unsynced: 0,
             sync_every: sync_every.max(1),
+            sync_running: Rc::default(),
+            sync_failed: Rc::default(),
             snapshot: None,
             on_apply,
             on_lease: None,
@@ -128,11 +136,33 @@ impl StateMachine {
         self
     }
 
-    /// Makes every published batch durable in the store file.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.kv.store().sync().map_err(io_err)?;
+    /// Starts a sync on a blocking thread unless one is running, so the
+    /// raft core never waits for the store's fdatasyncs.
+    fn sync_in_background(&mut self) {
+        if self.sync_running.get() {
+            return;
+        }
+        self.sync_running.set(true);
         self.unsynced = 0;
-        Ok(())
+        let (kv, running, failed) = (self.kv.clone(), self.sync_running.clone(), self.sync_failed.clone());
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            let res = glommio::executor().spawn_blocking(move || kv.store().sync()).await;
+            running.set(false);
+            match res {
+                Ok(()) => {
+                    let took = started.elapsed();
+                    if took > SLOW_APPLY {
+                        tracing::warn!(took = ?took, "slow store sync");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "syncing the store failed; the member stops applying");
+                    *failed.borrow_mut() = Some(e.to_string());
+                }
+            }
+        })
+        .detach();
     }
 
     fn apply_batch(&mut self, batch: Vec<(u64, Req)>) -> MvccResult<Vec<Applied>> {
@@ -222,8 +252,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
         &mut self,
     ) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
         // The store is synced up to `meta.last_log_id` before openraft may
-        // purge the log behind it.
-        self.kv.store().sync().map_err(io_err)?;
+        // purge the log behind it (on a blocking thread: two fdatasyncs).
+        let kv = self.kv.clone();
+        glommio::executor().spawn_blocking(move || kv.store().sync()).await.map_err(io_err)?;
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: StoreSnapshot,
@@ -249,6 +280,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     where
         S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin,
     {
+        if let Some(e) = self.sync_failed.borrow().as_ref() {
+            return Err(io::Error::other(format!("the store is poisoned by a failed sync: {e}")));
+        }
         // Collect first: the write transaction is never held across an await.
         let mut batch = Vec::new();
         let mut responders = Vec::new();
@@ -303,7 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.unsynced += n.max(1);
         if self.unsynced >= self.sync_every {
-            self.sync()?;
+            self.sync_in_background();
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use ironcd_engine::btree::{Db, DbOptions};
-use ironcd_tests::{Scratch, Server};
+use ironcd_tests::{Kind, Scratch, Server};
 
 const ROUNDS: usize = 6;
 const WRITERS: usize = 16;
@@ -40,7 +40,9 @@ async fn writer(endpoint: String, id: usize, round: usize, acked: Acked, stop: A
 fn acknowledged_writes_survive_kill_9() {
     let started = Instant::now();
     let dir = Scratch::new("durability");
-    let mut srv = Server::ironcd(dir.path());
+    // Sync the store every 50 entries, so kills also land during and
+    // between store syncs, not only between WAL batches.
+    let mut srv = Server::start(Kind::Ironcd, dir.path(), &["--ironcd-store-sync-entries", "50"]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let acked: Acked = Arc::default();
     let seed = std::process::id() as u64;
