@@ -66,18 +66,14 @@ pub fn apply(view: &mut impl WriteView, r: &AlarmRequest) -> Result<AlarmRespons
     }
     let k = key(&m);
     match AlarmAction::try_from(r.action) {
-        Ok(AlarmAction::Activate) => {
-            if view.get(Tree::Meta, &k).map_err(MvccError::Store)?.is_none() {
-                view.put(Tree::Meta, &k, &[]).map_err(MvccError::Store)?;
-                tracing::warn!(member_id = %format!("{:x}", m.member_id), alarm = alarm_name(m.alarm), "alarm raised");
-                resp.alarms.push(m);
-            }
+        Ok(AlarmAction::Activate) if view.get(Tree::Meta, &k).map_err(MvccError::Store)?.is_none() => {
+            view.put(Tree::Meta, &k, &[]).map_err(MvccError::Store)?;
+            tracing::warn!(member_id = %format!("{:x}", m.member_id), alarm = alarm_name(m.alarm), "alarm raised");
+            resp.alarms.push(m);
         }
-        Ok(AlarmAction::Deactivate) => {
-            if view.delete(Tree::Meta, &k).map_err(MvccError::Store)? {
-                tracing::info!(member_id = %format!("{:x}", m.member_id), alarm = alarm_name(m.alarm), "alarm cleared");
-                resp.alarms.push(m);
-            }
+        Ok(AlarmAction::Deactivate) if view.delete(Tree::Meta, &k).map_err(MvccError::Store)? => {
+            tracing::info!(member_id = %format!("{:x}", m.member_id), alarm = alarm_name(m.alarm), "alarm cleared");
+            resp.alarms.push(m);
         }
         _ => {}
     }

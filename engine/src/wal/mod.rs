@@ -174,7 +174,7 @@ impl<I: WalIo> Wal<I> {
     /// Opens (or creates) the WAL in `dir`: verifies and replays every
     /// segment, then starts the writer task on the current executor.
     pub async fn open(io: I, dir: impl AsRef<Path>, opts: WalOptions) -> Result<Wal<I>, WalError> {
-        if opts.segment_size < MIN_SEGMENT_SIZE || opts.segment_size % BLOCK != 0 {
+        if opts.segment_size < MIN_SEGMENT_SIZE || !opts.segment_size.is_multiple_of(BLOCK) {
             return Err(WalError::Invalid(format!(
                 "segment size {} must be a multiple of {BLOCK} and at least {MIN_SEGMENT_SIZE}",
                 opts.segment_size

@@ -103,6 +103,9 @@ impl Written {
     }
 }
 
+/// A spare segment file: its temporary path and the open file.
+type Spare<I> = (PathBuf, <I as WalIo>::File);
+
 pub(crate) struct Writer<I: WalIo> {
     /// Weak, so a log dropped without `close()` frees its state; the writer
     /// then finds nothing to upgrade and exits (Inner's drop wakes it).
@@ -118,7 +121,7 @@ pub(crate) struct Writer<I: WalIo> {
     restate: Vec<Rec>,
     /// Spare files ready for reuse: purged segments renamed `*.tmp`.
     recycled: Vec<PathBuf>,
-    zeroing: Option<glommio::Task<std::io::Result<(PathBuf, I::File)>>>,
+    zeroing: Option<glommio::Task<std::io::Result<Spare<I>>>>,
     spare_counter: u64,
 }
 
