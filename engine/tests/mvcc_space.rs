@@ -1,0 +1,147 @@
+//! Space use of the MVCC store on the B-tree file under steady overwrites:
+//! every key overwritten round after round, compacted to the head after each
+//! round, must not grow the file once the history it holds stops growing.
+//! Driven as the server drives it: 1,000 puts per write transaction, a sync
+//! every 10,000 applied entries (`server/src/main.rs`), compaction in steps of
+//! 1,000 in their own transactions (`start_compactor`), then a sync.
+//! The full-scale figures (1M keys) come from `benches/benches/space.rs` and
+//! are recorded in `docs/mvcc.md` ("Space").
+
+use ironcd_engine::btree::{CheckReport, Db, DbOptions, DbStats};
+use ironcd_engine::kv::{Store, Tree};
+use ironcd_engine::mvcc::*;
+
+const KEYS: u64 = 20_000;
+const KEY_LEN: usize = 64;
+const VALUE_LEN: usize = 256;
+const ROUNDS: u32 = 10;
+/// Puts per write transaction (one apply batch).
+const BATCH: u64 = 1_000;
+/// Applied entries between syncs, the server's `sync_every`.
+const SYNC_EVERY: u64 = 10_000;
+/// Round after which the file must have stopped growing.
+const SETTLED: u32 = 5;
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Key `i`: 64 bytes; consecutive `i` land at random places in key order.
+fn key(i: u64) -> Vec<u8> {
+    let mut k = format!("/registry/space/{:016x}/", splitmix64(i)).into_bytes();
+    k.resize(KEY_LEN, b'k');
+    k
+}
+
+fn value(round: u32, i: u64) -> Vec<u8> {
+    let seed = splitmix64(i ^ (u64::from(round) << 40)).to_le_bytes();
+    (0..VALUE_LEN).map(|j| seed[j % 8] ^ j as u8).collect()
+}
+
+struct Driver {
+    kv: KvStore<Db>,
+    index: u64,
+    unsynced: u64,
+}
+
+impl Driver {
+    /// Puts every key once, `BATCH` puts per write transaction.
+    fn round(&mut self, round: u32) {
+        for start in (0..KEYS).step_by(BATCH as usize) {
+            let mut w = self.kv.write().unwrap();
+            for i in start..(start + BATCH).min(KEYS) {
+                self.index += 1;
+                w.put(self.index, &PutRequest { key: key(i), value: value(round, i), ..Default::default() }).unwrap();
+            }
+            w.commit().unwrap();
+            self.unsynced += BATCH;
+            if self.unsynced >= SYNC_EVERY {
+                self.kv.store().sync().unwrap();
+                self.unsynced = 0;
+            }
+        }
+    }
+
+    /// Compacts to the head revision, runs the steps to completion, syncs.
+    fn compact(&mut self) {
+        let mut w = self.kv.write().unwrap();
+        self.index += 1;
+        let rev = w.revision();
+        w.compact(self.index, &CompactionRequest { revision: rev, physical: false }).unwrap();
+        w.commit().unwrap();
+        while self.kv.read().unwrap().compaction_pending() {
+            let mut w = self.kv.write().unwrap();
+            w.compact_step(1000).unwrap();
+            w.commit().unwrap();
+        }
+        self.kv.store().sync().unwrap();
+        self.unsynced = 0;
+    }
+}
+
+/// How much `ensure_len` grows a file of `len` bytes in one step.
+fn growth_step(len: u64) -> u64 {
+    len.clamp(1 << 20, 1 << 30)
+}
+
+#[test]
+fn overwritten_and_compacted_file_stops_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("kv.db"), DbOptions::default()).unwrap();
+    let mut d = Driver { kv: KvStore::open(db, Config::default()).unwrap(), index: 0, unsynced: 0 };
+    let live = KEYS * (KEY_LEN + VALUE_LEN) as u64;
+    let mut rows: Vec<(DbStats, CheckReport)> = Vec::new();
+
+    for round in 0..=ROUNDS {
+        d.round(round);
+        d.compact();
+        let (stats, check) = (d.kv.store().stats().unwrap(), d.kv.store().check().unwrap());
+        // Compaction to the head leaves exactly one version per key.
+        assert_eq!(check.entries[Tree::Kv as usize], KEYS, "round {round}");
+        assert_eq!(check.entries[Tree::KeyIndex as usize], KEYS, "round {round}");
+        assert_eq!(check.entries[Tree::KeyHistory as usize], KEYS, "round {round}");
+        println!(
+            "round {round:2}: file {:>10} B, live {live} B, ratio {:.2}, high water {} pages, free {}, pending {}; \
+             branch {} leaf {} overflow {} freelist {}",
+            stats.file_len,
+            stats.file_len as f64 / live as f64,
+            stats.high_water,
+            stats.free_pages,
+            stats.pending_pages,
+            check.branch_pages,
+            check.leaf_pages,
+            check.overflow_pages,
+            check.freelist_pages,
+        );
+        rows.push((stats, check));
+    }
+
+    let r = d.kv.read().unwrap().range(&RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() }).unwrap();
+    assert_eq!(r.count, KEYS as i64);
+
+    // The file stops growing: after round SETTLED it grows by at most one
+    // growth step (a doubling below 1 GiB) ...
+    let settled = &rows[SETTLED as usize].0;
+    for (round, (s, _)) in rows.iter().enumerate().skip(SETTLED as usize + 1) {
+        assert!(
+            s.file_len <= settled.file_len + growth_step(settled.file_len),
+            "round {round}: file {} B, {} B after round {SETTLED}",
+            s.file_len,
+            settled.file_len
+        );
+    }
+    // ... and the pages in use stop growing too (a doubling of the file
+    // could hide steady growth of the high-water mark).
+    let last = &rows[ROUNDS as usize].0;
+    assert!(
+        last.high_water * 100 <= settled.high_water * 105,
+        "high water {} pages after round {ROUNDS}, {} after round {SETTLED}",
+        last.high_water,
+        settled.high_water
+    );
+    let ratio = last.file_len as f64 / live as f64;
+    println!("file / live after round {ROUNDS}: {ratio:.2} (requirement: <= 2)");
+}
