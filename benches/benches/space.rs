@@ -8,7 +8,8 @@
 //! Prints one row per round (file bytes, live bytes = Σ key + value of the
 //! latest versions, their ratio, page counts) and, at the end, where the
 //! pages go per tree, read from the file by its documented format
-//! (`docs/btree.md`). Not a criterion bench: `cargo bench -p ironcd-benches
+//! (`docs/btree.md`). `SPACE_COMPACT_EVERY=n` also compacts to the head
+//! every `n` puts inside a round (etcd's revision-based auto-compaction). Not a criterion bench: `cargo bench -p ironcd-benches
 //! --bench space`. Data in `$IRONCD_BENCH_DIR` or `target/bench-data`.
 //! Figures: `docs/mvcc.md`, "Space".
 
@@ -135,10 +136,28 @@ fn sync(kv: &KvStore<Db>) {
     kv.store().sync().unwrap();
 }
 
+/// Compacts to the head revision and runs the steps to completion.
+fn compact(kv: &KvStore<Db>, index: &mut u64) {
+    let mut w = kv.write().unwrap();
+    let rev = w.revision();
+    if rev <= w.compact_revision() {
+        return; // compacted to the head inside the round already
+    }
+    *index += 1;
+    w.compact(*index, &CompactionRequest { revision: rev, physical: false }).unwrap();
+    w.commit().unwrap();
+    while kv.read().unwrap().compaction_pending() {
+        let mut w = kv.write().unwrap();
+        w.compact_step(1000).unwrap();
+        w.commit().unwrap();
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let keys = env_u64("SPACE_KEYS", 1_000_000);
     let rounds = env_u64("SPACE_ROUNDS", 10);
+    let compact_every = env_u64("SPACE_COMPACT_EVERY", 0);
     let base = std::env::var_os("IRONCD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
@@ -150,7 +169,7 @@ fn main() {
     let kv = KvStore::open(Db::open(&path, DbOptions::default()).unwrap(), Config::default()).unwrap();
     let live = keys * (KEY_LEN + VALUE_LEN) as u64;
     let (mut index, mut unsynced) = (0u64, 0u64);
-    println!("# {keys} keys x ({KEY_LEN} B key + {VALUE_LEN} B value) = {live} live bytes; {rounds} overwrite rounds");
+    println!("# {keys} keys x ({KEY_LEN} B key + {VALUE_LEN} B value) = {live} live bytes; {rounds} overwrite rounds; compact every {compact_every} puts (0: per round)");
     println!(
         "| round | file bytes | live bytes | file / live | in use / live | high water (pages) | peak high water (pages) | free pages | leaf | branch | round s | compact s |"
     );
@@ -166,6 +185,9 @@ fn main() {
             }
             w.commit().unwrap();
             unsynced += BATCH;
+            if compact_every > 0 && round > 0 && (start + BATCH) % compact_every == 0 {
+                compact(&kv, &mut index);
+            }
             if unsynced >= SYNC_EVERY {
                 sync(&kv);
                 unsynced = 0;
@@ -177,16 +199,7 @@ fn main() {
         let t_round = t0.elapsed();
 
         let t1 = Instant::now();
-        let mut w = kv.write().unwrap();
-        index += 1;
-        let rev = w.revision();
-        w.compact(index, &CompactionRequest { revision: rev, physical: false }).unwrap();
-        w.commit().unwrap();
-        while kv.read().unwrap().compaction_pending() {
-            let mut w = kv.write().unwrap();
-            w.compact_step(1000).unwrap();
-            w.commit().unwrap();
-        }
+        compact(&kv, &mut index);
         sync(&kv);
         let t_compact = t1.elapsed();
 
