@@ -103,6 +103,14 @@ pub fn cpu_from_stat(stat: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64((u + s) as f64 / hz))
 }
 
+/// Anonymous and file-backed resident memory, bytes (`RssAnon`, `RssFile`):
+/// file-backed pages of a memory-mapped data file are page cache the kernel
+/// can drop, anonymous ones are heap.
+pub fn rss_split(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((status_kb(&s, "RssAnon:")? * 1024, status_kb(&s, "RssFile:")? * 1024))
+}
+
 /// Resets a process's peak RSS (VmHWM) to its current RSS (`clear_refs` 5).
 pub fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()

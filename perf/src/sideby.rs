@@ -209,7 +209,13 @@ fn machine_info(work: &Path, etcd: &Path, ironcd: &Path) -> BTreeMap<String, Str
     m.insert("kernel".into(), sh("uname", &["-sr"]));
     m.insert("data filesystem".into(), sh("findmnt", &["-n", "-o", "SOURCE,FSTYPE", "--target", &work.to_string_lossy()]));
     m.insert("etcd".into(), sh(&etcd.to_string_lossy(), &["--version"]).lines().next().unwrap_or("").to_string());
-    m.insert("ironcd binary".into(), ironcd.display().to_string());
+    let built = std::fs::metadata(ironcd)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| sh("date", &["-u", "-d", &format!("@{}", d.as_secs()), "+%Y-%m-%d %H:%M UTC"]))
+        .unwrap_or_default();
+    m.insert("ironcd binary".into(), format!("{} (built {built}; working tree at HEAD below, may include uncommitted work)", ironcd.display()));
     m.insert("ironcd commit".into(), sh("git", &["-C", &workspace_root().to_string_lossy(), "rev-parse", "--short", "HEAD"]));
     m.insert("load average at start".into(), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string());
     m.insert("date".into(), sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
@@ -650,6 +656,10 @@ async fn data_suite(env: &Env, res: &mut Results) -> Result<(), String> {
             res.add(&w_mem, "RSS MiB", k, 0, rss as f64 / 1048576.0);
             res.add(&w_mem, "peak RSS during load MiB", k, 0, hwm as f64 / 1048576.0);
         }
+        if let Some((anon, file)) = procs::rss_split(pid) {
+            res.add(&w_mem, "RSS anonymous (heap) MiB", k, 0, anon as f64 / 1048576.0);
+            res.add(&w_mem, "RSS file-backed (mapped data) MiB", k, 0, file as f64 / 1048576.0);
+        }
         res.add(&w_mem, "data dir MiB", k, 0, procs::dir_size(&s.data_dir) as f64 / 1048576.0);
         if env.wants(&w_range) || env.wants("memory") {
             let m = p.big_range_keys.min(ok);
@@ -672,11 +682,19 @@ async fn data_suite(env: &Env, res: &mut Results) -> Result<(), String> {
             let s = servers.get_mut(&k).expect("server");
             let key = if loaded.get(&k).copied().unwrap_or(0) >= n { last.clone() } else { load_key(0) };
             eprintln!("[{:>5.0} s] {w_restart} — {} (rep {})", res_elapsed(), k.name(), rep + 1);
+            // A fresh client port each time: the previous instance's closed client
+            // connections sit in TIME_WAIT on its port for up to 60 s, and a server
+            // that binds without SO_REUSEADDR (ironcd at the time of writing) then
+            // cannot listen there.
+            s.client_port = procs::free_port();
             match start(s, &key).await {
                 Ok(t) => {
                     res.add(&w_restart, "first read s", k, rep, t.as_secs_f64());
                     if let Some((rss, _)) = s.mem() {
                         res.add(&w_restart, "RSS after first read MiB", k, rep, rss as f64 / 1048576.0);
+                    }
+                    if let Some((anon, _)) = s.pid().and_then(procs::rss_split) {
+                        res.add(&w_restart, "RSS anonymous after first read MiB", k, rep, anon as f64 / 1048576.0);
                     }
                 }
                 Err(e) => res.note(&w_restart, k, &e),
@@ -793,7 +811,8 @@ pub fn markdown(res: &Results, quick: bool) -> String {
             _ => (String::new(), String::new()),
         };
         let dir = if higher_is_better(m) { "↑" } else { "↓" };
-        let reps = res.count_of(w, m, Kind::Etcd).max(res.count_of(w, m, Kind::Ironcd));
+        let (ne, ni) = (res.count_of(w, m, Kind::Etcd), res.count_of(w, m, Kind::Ironcd));
+        let reps = if ne == ni { ne.to_string() } else { format!("{ne} / {ni}") };
         let _ = writeln!(
             s,
             "| {w} | {m} {dir} | {} | {} | {} | {gtext} | {verdict} | {reps} |",
