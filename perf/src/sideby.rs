@@ -907,7 +907,7 @@ fn chart_files(res: &Results) -> Vec<(String, String)> {
             }
             v
         });
-    let cats: Vec<String> = mem_w.iter().map(|(w, m)| format!("{} ({})", short(w), m.trim_end_matches(" MiB"))).collect();
+    let cats: Vec<String> = mem_w.iter().map(|(w, _)| short(w)).collect();
     let series: Vec<Series> = [(Kind::Etcd, ETCD_COLOR), (Kind::Ironcd, IRONCD_COLOR)]
         .iter()
         .map(|(k, c)| Series { name: k.name().into(), color: c, values: mem_w.iter().map(|(w, m)| res.median_of(w, m, *k)).collect() })
@@ -924,8 +924,10 @@ fn short(w: &str) -> String {
         .replace("txn CAS 32 clients on 4 keys", "txn CAS")
         .replace("lease keep-alive 100/10", "lease ka")
         .replace("memory after loading", "loaded")
+        .replace("restart with", "restarted,")
+        .replace("watchers memory", "watchers (increase)")
         .replace("10 clients read", "read")
-        .replace(" at once", "")
+        .replace(" at once", " (peak)")
 }
 
 /// The whole run. Returns the report directory.

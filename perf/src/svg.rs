@@ -26,19 +26,25 @@ fn esc(s: &str) -> String {
 
 /// A short human number: 1.23k, 45.6, 0.123.
 pub fn fmt_num(v: f64) -> String {
+    let trim = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
     let a = v.abs();
     if a >= 1e9 {
-        format!("{:.3}G", v / 1e9)
+        trim(format!("{:.3}", v / 1e9)) + "G"
     } else if a >= 1e6 {
-        format!("{:.3}M", v / 1e6)
+        trim(format!("{:.3}", v / 1e6)) + "M"
     } else if a >= 1e3 {
-        format!("{:.3}k", v / 1e3)
+        trim(format!("{:.3}", v / 1e3)) + "k"
     } else if a >= 1.0 || a == 0.0 {
-        format!("{v:.3}")
+        trim(format!("{v:.3}"))
     } else {
-        format!("{v:.3e}")
+        format!("{v:.0e}")
     }
-    .replace(".000", "")
 }
 
 struct Axis {
@@ -172,7 +178,9 @@ pub fn bar_chart(title: &str, y_label: &str, categories: &[String], series: &[Se
     let bw = gw * 0.8 / series.len().max(1) as f64;
     for (ci, c) in categories.iter().enumerate() {
         let gx = ML + gw * ci as f64;
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, gx + gw / 2.0, H - MB + 18.0, esc(c));
+        // Staggered labels so neighbours do not overlap.
+        let dy = if categories.len() > 4 { (ci % 2) as f64 * 15.0 } else { 0.0 };
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#, gx + gw / 2.0, H - MB + 18.0 + dy, esc(c));
         for (si, se) in series.iter().enumerate() {
             let Some(v) = se.values.get(ci).copied().flatten() else { continue };
             let f = y.frac(v).clamp(0.0, 1.0);
@@ -248,7 +256,9 @@ mod tests {
 
     #[test]
     fn numbers_and_steps() {
-        assert_eq!(fmt_num(1500.0), "1.500k");
+        assert_eq!(fmt_num(1500.0), "1.5k");
+        assert_eq!(fmt_num(0.001), "1e-3");
+        assert_eq!(fmt_num(250.0), "250");
         assert_eq!(fmt_num(2000.0), "2k");
         assert_eq!(nice_step(3.3), 5.0);
         assert_eq!(nice_step(0.12), 0.2);
