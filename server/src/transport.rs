@@ -87,11 +87,28 @@ pub fn parse_url(url: &str) -> Result<SocketAddr, String> {
 
 /// Binds `addr` exclusively (no SO_REUSEPORT, unlike glommio's own bind), so
 /// a second server on the same port fails with "address in use".
+///
+/// "Address in use" is retried for [`BIND_RETRY`]: a previous ironcd that
+/// just died (even by `kill -9`) keeps its listening socket open until the
+/// kernel finishes tearing down its io_uring, a few milliseconds after the
+/// process is gone. A live server on the port still fails the bind.
 pub fn bind_exclusive(addr: SocketAddr) -> io::Result<StdListener> {
-    let l = StdListener::bind(addr)?;
+    let deadline = std::time::Instant::now() + BIND_RETRY;
+    let l = loop {
+        match StdListener::bind(addr) {
+            Ok(l) => break l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     l.set_nonblocking(true)?;
     Ok(l)
 }
+
+/// How long a bind keeps retrying "address in use" (see [`bind_exclusive`]).
+pub const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Hands a bound listener to the current glommio executor.
 pub fn into_glommio(listener: StdListener) -> TcpListener {
