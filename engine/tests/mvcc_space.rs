@@ -11,7 +11,7 @@ use ironcd_engine::btree::{CheckReport, Db, DbOptions, DbStats};
 use ironcd_engine::kv::{Store, Tree};
 use ironcd_engine::mvcc::*;
 
-const KEYS: u64 = 20_000;
+const KEYS: u64 = 10_000;
 const KEY_LEN: usize = 64;
 const VALUE_LEN: usize = 256;
 const ROUNDS: u32 = 10;
@@ -90,7 +90,9 @@ fn growth_step(len: u64) -> u64 {
 #[test]
 fn overwritten_and_compacted_file_stops_growing() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path().join("kv.db"), DbOptions::default()).unwrap();
+    let mut opts = DbOptions::default();
+    opts.debug_check_every = 0; // checked once per round below
+    let db = Db::open(dir.path().join("kv.db"), opts).unwrap();
     let mut d = Driver { kv: KvStore::open(db, Config::default()).unwrap(), index: 0, unsynced: 0 };
     let live = KEYS * (KEY_LEN + VALUE_LEN) as u64;
     let mut rows: Vec<(DbStats, CheckReport)> = Vec::new();
@@ -142,6 +144,15 @@ fn overwritten_and_compacted_file_stops_growing() {
         last.high_water,
         settled.high_water
     );
+    // The requirement is file <= 2x live. Not met: measured 13.11 at this
+    // scale (3.72 in reachable pages; the rest is free pages and the
+    // doubling growth step), 7.55 at 1M keys. Where the space goes and what
+    // would close the gap: docs/mvcc.md, "Space". These bounds pin what was
+    // measured so a regression shows; tighten them when the gap closes.
     let ratio = last.file_len as f64 / live as f64;
-    println!("file / live after round {ROUNDS}: {ratio:.2} (requirement: <= 2)");
+    let in_use = (last.high_water - last.free_pages) * 4096;
+    let in_use_ratio = in_use as f64 / live as f64;
+    println!("after round {ROUNDS}: file / live {ratio:.2}, pages in use / live {in_use_ratio:.2} (requirement: file <= 2x live)");
+    assert!(ratio <= 14.0, "file / live {ratio:.2}");
+    assert!(in_use_ratio <= 4.0, "pages in use / live {in_use_ratio:.2}");
 }
