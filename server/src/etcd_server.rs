@@ -233,9 +233,22 @@ impl EtcdServer {
                     w.commit()?;
                     Ok(s)
                 });
-                if let Err(e) = step {
-                    tracing::error!(error = %e, "compaction step failed");
-                    glommio::timer::sleep(COMPACTOR_IDLE).await;
+                match step {
+                    // The pages the compaction copied stay pinned by the last
+                    // durable state until the next sync: sync now (off the
+                    // raft core) so they can be reused.
+                    Ok(ironcd_engine::mvcc::CompactStep::Done) => {
+                        let kv = kv.clone();
+                        let synced = glommio::executor().spawn_blocking(move || ironcd_engine::kv::Store::sync(kv.store())).await;
+                        if let Err(e) = synced {
+                            tracing::error!(error = %e, "syncing the store after a compaction failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "compaction step failed");
+                        glommio::timer::sleep(COMPACTOR_IDLE).await;
+                    }
                 }
                 // Let requests run between steps.
                 glommio::yield_if_needed().await;

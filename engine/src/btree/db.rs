@@ -387,7 +387,9 @@ impl Db {
     /// Makes the file at least `need` bytes long and the map cover it.
     fn ensure_len(&self, g: &mut WriterState, need: u64) -> StoreResult<()> {
         if need > g.file_len {
-            let step = g.file_len.clamp(1 << 20, 1 << 30);
+            // An eighth of the file (1 MiB..256 MiB): few remaps, and an
+            // unused tail of at most 1/8 (doubling left up to 1/2 unused).
+            let step = (g.file_len / 8).clamp(1 << 20, 256 << 20);
             let new_len = need.max(g.file_len + step).div_ceil(PS) * PS;
             self.io.grow(new_len).map_err(io_err(|| format!("growing {} to {new_len} bytes", self.name)))?;
             g.file_len = new_len;

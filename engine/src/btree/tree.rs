@@ -650,11 +650,12 @@ impl TxnTrees {
                 let n = l.entries.len();
                 let (mut acc, mut m) = (0, n / 2);
                 for (i, (k, v)) in l.entries.iter().enumerate() {
-                    if acc >= l.size / 2 {
+                    let len = leaf_entry_len(k.len(), v.len());
+                    if acc >= l.size / 2 || acc + len > NODE_CAP {
                         m = i;
                         break;
                     }
-                    acc += leaf_entry_len(k.len(), v.len());
+                    acc += len;
                 }
                 let m = m.clamp(1, n.saturating_sub(1).max(1));
                 let right = l.entries.split_off(m);
