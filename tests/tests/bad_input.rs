@@ -16,11 +16,12 @@ use ironcd_tests::{ok, Scratch, Server};
 /// prints no headers: such a try is repeated (at most 3 times).
 fn raw_grpc(endpoint: &str, method: &str, frame: &[u8]) -> (String, String) {
     let mut last = (String::new(), String::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         last = raw_grpc_once(endpoint, method, frame);
         if !last.0.is_empty() {
             break;
         }
+        std::thread::sleep(Duration::from_millis(200));
     }
     last
 }
@@ -38,6 +39,9 @@ fn raw_grpc_once(endpoint: &str, method: &str, frame: &[u8]) -> (String, String)
         .expect("curl");
     let _ = std::fs::remove_file(&file);
     let text = String::from_utf8_lossy(&out.stderr).to_string();
+    if !text.contains("< grpc-status:") {
+        eprintln!("curl printed no grpc-status for {method}:\n{text}");
+    }
     let header = |name: &str| {
         text.lines()
             .filter_map(|l| l.strip_prefix("< "))
