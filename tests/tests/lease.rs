@@ -68,7 +68,12 @@ fn normalise(s: &str, ids: &[i64]) -> String {
         let mut l = line.to_string();
         for (n, id) in ids.iter().enumerate() {
             let name = format!("L{}", n + 1);
-            l = l.replace(&format!("{id:016x}"), &name).replace(&id.to_string(), &name);
+            // etcdctl prints ids zero-padded to 16 digits; commands carry
+            // them unpadded (they differ when an id starts with a 0 nibble).
+            l = l
+                .replace(&format!("{id:016x}"), &name)
+                .replace(&format!("{id:x}"), &name)
+                .replace(&id.to_string(), &name);
         }
         for key in ["\"cluster_id\":", "\"member_id\":", "\"raft_term\":"] {
             mask_after(&mut l, key, false);
