@@ -84,6 +84,8 @@ pub struct Server {
     pub extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    /// Served at least once (restarts keep their ports).
+    started_once: bool,
 }
 
 impl Server {
@@ -116,6 +118,7 @@ impl Server {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: dir.join(format!("{base}.log")),
+            started_once: false,
         }
     }
 
@@ -143,6 +146,27 @@ impl Server {
 
     /// Starts the process and waits until it answers a KV request.
     pub fn launch(&mut self) {
+        // A port picked by `free_port` can be taken by a parallel test before
+        // this server binds it: on a first start, pick new ports and retry.
+        for _ in 0..3 {
+            if self.try_launch() || self.started_once {
+                break;
+            }
+            let log = self.log_text();
+            assert!(
+                log.contains("ddress already in use"),
+                "{:?} exited while starting; log:\n{log}",
+                self.kind
+            );
+            self.client_port = free_port();
+            self.peer_port = free_port();
+        }
+        assert!(self.child.is_some(), "{:?} could not start; log:\n{}", self.kind, self.log_text());
+        self.started_once = true;
+    }
+
+    /// Starts the process; `false` if it exited before serving.
+    fn try_launch(&mut self) -> bool {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         let child = self
@@ -153,18 +177,22 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {:?}: {e}", self.kind));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let out = etcdctl(&self.endpoint(), &["get", "--command-timeout=2s", "ready-probe"]);
             if out.status.success() {
-                return;
+                return true;
             }
             if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("{:?} exited with {st} while starting; log:\n{}", self.kind, self.log_text());
+                if self.started_once {
+                    panic!("{:?} exited with {st} while restarting; log:\n{}", self.kind, self.log_text());
+                }
+                self.child = None;
+                return false;
             }
             assert!(Instant::now() < deadline, "{:?} did not serve within {START_TIMEOUT:?}; log:\n{}", self.kind, self.log_text());
             std::thread::sleep(Duration::from_millis(100));
