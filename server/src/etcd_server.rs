@@ -104,7 +104,8 @@ impl EtcdServer {
     /// fails while NOSPACE is raised, and raises it (through raft) when the
     /// store would grow past `--quota-backend-bytes`.
     pub async fn check_space(&self, request_bytes: usize) -> Result<(), Status> {
-        if alarm::no_space(self.reader()?.view()) {
+        // The raw store snapshot: no MVCC state to load on every write.
+        if alarm::no_space(&ironcd_engine::kv::Store::snapshot(self.kv.store())) {
             return Err(alarm::no_space_error());
         }
         let quota = match self.cfg.quota_backend_bytes {
