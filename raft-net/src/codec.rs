@@ -54,7 +54,7 @@ pub struct CodecError {
 }
 
 impl CodecError {
-    fn new(what: &'static str, reason: impl Into<String>) -> CodecError {
+    pub(crate) fn new(what: &'static str, reason: impl Into<String>) -> CodecError {
         CodecError { what, reason: reason.into() }
     }
 }
@@ -67,7 +67,7 @@ impl From<CodecError> for std::io::Error {
 
 // ---------------------------------------------------------------- encode
 
-fn put_str(buf: &mut BytesMut, s: &str) {
+pub(crate) fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_u32_le(s.len() as u32);
     buf.put_slice(s.as_bytes());
 }
@@ -99,7 +99,7 @@ pub fn encode_entry(entry: &Entry) -> Bytes {
     buf.freeze()
 }
 
-fn encode_membership(buf: &mut BytesMut, m: &Membership) {
+pub(crate) fn encode_membership(buf: &mut BytesMut, m: &Membership) {
     let configs = m.get_joint_config();
     buf.put_u32_le(configs.len() as u32);
     for c in configs {
@@ -154,26 +154,26 @@ pub fn encode_committed(committed: Option<&LogId>) -> Bytes {
 
 // ---------------------------------------------------------------- decode
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     what: &'static str,
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(what: &'static str, buf: &'a [u8]) -> Reader<'a> {
+    pub(crate) fn new(what: &'static str, buf: &'a [u8]) -> Reader<'a> {
         Reader { what, buf, pos: 0 }
     }
 
-    fn err(&self, reason: impl Into<String>) -> CodecError {
+    pub(crate) fn err(&self, reason: impl Into<String>) -> CodecError {
         CodecError::new(self.what, reason)
     }
 
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
         if self.remaining() < n {
             return Err(self.err(format!(
                 "truncated at offset {} (need {n} bytes, {} left)",
@@ -186,16 +186,16 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, CodecError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, CodecError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, CodecError> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, CodecError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, CodecError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -204,7 +204,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items each at least `min_size` bytes long, checked
     /// against what is left so a corrupt count cannot make us allocate.
-    fn count(&mut self, min_size: usize) -> Result<usize, CodecError> {
+    pub(crate) fn count(&mut self, min_size: usize) -> Result<usize, CodecError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_size) > self.remaining() {
             return Err(self.err(format!("count {n} at offset {} exceeds the remaining bytes", self.pos - 4)));
@@ -212,25 +212,25 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
-    fn str(&mut self) -> Result<String, CodecError> {
+    pub(crate) fn str(&mut self) -> Result<String, CodecError> {
         let n = self.count(1)?;
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| self.err(format!("invalid UTF-8 before offset {}", self.pos)))
     }
 
-    fn strs(&mut self) -> Result<Vec<String>, CodecError> {
+    pub(crate) fn strs(&mut self) -> Result<Vec<String>, CodecError> {
         let n = self.count(4)?;
         (0..n).map(|_| self.str()).collect()
     }
 
-    fn version(&mut self) -> Result<(), CodecError> {
+    pub(crate) fn version(&mut self) -> Result<(), CodecError> {
         match self.u8()? {
             VERSION => Ok(()),
             v => Err(self.err(format!("unknown format version {v}"))),
         }
     }
 
-    fn bool(&mut self) -> Result<bool, CodecError> {
+    pub(crate) fn bool(&mut self) -> Result<bool, CodecError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -238,7 +238,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn end(&self) -> Result<(), CodecError> {
+    pub(crate) fn end(&self) -> Result<(), CodecError> {
         if self.remaining() != 0 {
             return Err(self.err(format!("{} trailing bytes at offset {}", self.remaining(), self.pos)));
         }
@@ -246,7 +246,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn log_id(term: u64, index: u64) -> LogId {
+pub(crate) fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term), index)
 }
 
@@ -283,7 +283,7 @@ pub fn decode_entry(data: &Bytes) -> Result<Entry, CodecError> {
     Ok(Entry::new(log_id(term, index), payload))
 }
 
-fn decode_membership(r: &mut Reader<'_>) -> Result<Membership, CodecError> {
+pub(crate) fn decode_membership(r: &mut Reader<'_>) -> Result<Membership, CodecError> {
     let n_configs = r.count(4)?;
     let mut configs = Vec::with_capacity(n_configs);
     for _ in 0..n_configs {

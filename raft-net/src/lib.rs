@@ -16,6 +16,7 @@
 pub mod codec;
 pub mod log_store;
 pub mod network;
+pub mod peer;
 pub mod runtime;
 pub mod types;
 
