@@ -9,6 +9,7 @@ pub const NO_LEADER: &str = "etcdserver: no leader";
 pub const NOT_LEADER: &str = "etcdserver: not leader";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
 pub const STOPPED: &str = "etcdserver: server stopped";
+pub const LEADER_CHANGED: &str = "etcdserver: leader changed";
 
 pub fn request_too_large() -> Status {
     Status::invalid_argument(REQUEST_TOO_LARGE)

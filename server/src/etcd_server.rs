@@ -2,14 +2,17 @@
 //! the gRPC services are built from (propose, linearizable read, status).
 //! Lives on the raft core's executor.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ironcd_engine::btree::{Db, Snapshot, PAGE_SIZE};
 use ironcd_engine::mvcc::{KvReader, KvStore};
+use ironcd_raft_net::peer::{CallError, Peers};
 use ironcd_raft_net::{Raft, Request};
+use bytes::Bytes;
+use futures_channel::oneshot;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ReadPolicy;
@@ -24,7 +27,8 @@ use crate::error;
 use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::pb::ironcdpb::{raft_request, RaftRequest};
-use crate::state_machine::{Applied, StateMachine};
+use crate::peer_service::{self, PeerMsg};
+use crate::state_machine::{Applied, StateMachine, Waiters};
 
 pub type MemberRaft = Raft<StateMachine>;
 
@@ -44,6 +48,24 @@ pub struct EtcdServer {
     /// Bytes of the store in use (pages not free), refreshed by
     /// [`Self::start_space_monitor`].
     pub space_in_use: Cell<u64>,
+    /// Connections to the other members.
+    pub peers: Rc<Peers>,
+    /// Proposals forwarded to the leader, waiting for their local apply.
+    pub waiters: Waiters,
+    /// Linearizable reads waiting for the next read index (one leadership
+    /// confirmation serves every read that arrived before it started).
+    reads: RefCell<Vec<oneshot::Sender<Result<u64, Status>>>>,
+    reading: Cell<bool>,
+    me: RefCell<Weak<EtcdServer>>,
+}
+
+/// Removes a forwarded proposal's waiter however the wait ends.
+struct WaiterGuard<'a>(&'a Waiters, u64);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().remove(&self.1);
+    }
 }
 
 impl EtcdServer {
@@ -54,6 +76,8 @@ impl EtcdServer {
         cluster_id: u64,
         cfg: Config,
         lessor: Rc<Lessor>,
+        peers: Rc<Peers>,
+        waiters: Waiters,
     ) -> Self {
         // Proposal ids: member id in the high bits, like etcd's idutil.
         let first = (member_id << 48)
@@ -71,6 +95,63 @@ impl EtcdServer {
             lessor,
             next_id: Cell::new(first),
             space_in_use: Cell::new(0),
+            peers,
+            waiters,
+            reads: RefCell::default(),
+            reading: Cell::new(false),
+            me: RefCell::default(),
+        }
+    }
+
+    /// Records the server's own `Rc` (for tasks it spawns).
+    pub fn set_self(self: &Rc<Self>) {
+        *self.me.borrow_mut() = Rc::downgrade(self);
+    }
+
+    /// Tells the peer transport where `id` listens, from the membership.
+    pub fn locate(&self, id: u64) {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        if let Some(node) = m.membership().get_node(&id) {
+            self.peers.set_urls(id, node.peer_urls.clone());
+        }
+    }
+
+    /// Calls the leader with one of the server's peer requests.
+    pub async fn call_leader(&self, msg: PeerMsg, payload: &[u8]) -> Result<Bytes, Status> {
+        let deadline = std::time::Instant::now() + self.request_timeout();
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            if leader == self.member_id {
+                return Err(Status::failed_precondition(error::NOT_LEADER));
+            }
+            self.locate(leader);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.peers.call(leader, msg as u8, payload, left).await {
+                Ok(b) => return Ok(b),
+                Err(CallError::Remote(m)) if m == error::NOT_LEADER => {}
+                Err(CallError::Remote(m)) => return Err(peer_service::status_from_remote(&m)),
+                Err(CallError::Timeout(..)) => return Err(error::timeout()),
+                Err(CallError::Unreachable(_, e)) => {
+                    tracing::debug!(leader = %format!("{leader:x}"), error = %e, "leader unreachable");
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(error::timeout());
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The current leader, waiting (until `deadline`) while there is none.
+    pub async fn wait_leader(&self, deadline: std::time::Instant) -> Result<u64, Status> {
+        loop {
+            if let Some(l) = self.leader() {
+                return Ok(l);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(error::timeout());
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -158,6 +239,8 @@ impl EtcdServer {
     }
 
     /// Proposes one request through raft and waits for its applied result.
+    /// On a follower the request is forwarded to the leader and the result
+    /// is this member's own apply of it (so the follower reads its write next).
     pub async fn propose(&self, req: raft_request::Request) -> Result<Applied, Status> {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
@@ -166,56 +249,125 @@ impl EtcdServer {
             request: Some(req),
         };
         self.check_size(msg.encoded_len())?;
-        let bytes = msg.encode_to_vec();
-        let write = self.raft.client_write(Request(bytes.into()));
-        let resp = match glommio::timer::timeout(self.request_timeout(), async { Ok(write.await) })
-            .await
-        {
-            Err(_) => return Err(error::timeout()),
+        let bytes = Bytes::from(msg.encode_to_vec());
+        match glommio::timer::timeout(self.request_timeout(), async { Ok(self.propose_bytes(id, bytes).await) }).await {
+            Err(_) => Err(error::timeout()),
             Ok(r) => r,
-        };
-        match resp {
-            Ok(r) => r
-                .data
-                .take::<Applied>()
-                .ok_or_else(|| Status::internal("apply returned no result")),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                if f.leader_id.is_none() {
-                    Err(error::no_leader())
-                } else {
-                    Err(Status::failed_precondition(error::NOT_LEADER))
-                }
+        }
+    }
+
+    async fn propose_bytes(&self, id: u64, bytes: Bytes) -> Result<Applied, Status> {
+        let deadline = std::time::Instant::now() + self.request_timeout();
+        loop {
+            let leader = self.wait_leader(deadline).await?;
+            if leader != self.member_id {
+                return self.forward(leader, id, bytes).await;
             }
-            Err(RaftError::APIError(e)) => Err(Status::unavailable(format!("etcdserver: {e}"))),
-            Err(RaftError::Fatal(e)) => {
-                tracing::error!(error = %e, "raft stopped");
-                Err(error::stopped())
+            match self.raft.client_write(Request(bytes.clone())).await {
+                Ok(r) => {
+                    return r.data.take::<Applied>().ok_or_else(|| Status::internal("apply returned no result"));
+                }
+                // Leadership moved before the entry was appended: go again.
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                }
+                Err(RaftError::APIError(e)) => return Err(Status::unavailable(format!("etcdserver: {e}"))),
+                Err(RaftError::Fatal(e)) => {
+                    tracing::error!(error = %e, "raft stopped");
+                    return Err(error::stopped());
+                }
             }
         }
     }
 
+    async fn forward(&self, leader: u64, id: u64, bytes: Bytes) -> Result<Applied, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(id, tx);
+        let _guard = WaiterGuard(&self.waiters, id);
+        self.locate(leader);
+        match self.peers.call(leader, PeerMsg::Propose as u8, &bytes, self.request_timeout()).await {
+            Ok(_) => {}
+            Err(CallError::Remote(m)) if m == error::NOT_LEADER => {
+                return Err(Status::unavailable(error::LEADER_CHANGED));
+            }
+            Err(CallError::Remote(m)) => return Err(peer_service::status_from_remote(&m)),
+            Err(CallError::Timeout(..)) => return Err(error::timeout()),
+            Err(CallError::Unreachable(..)) => return Err(Status::unavailable(error::LEADER_CHANGED)),
+        }
+        // Committed and applied on the leader: wait for the local apply.
+        rx.await.map_err(|_| error::stopped())
+    }
+
     /// Waits until a read here reflects every write acknowledged before the
-    /// call (etcd's linearizable read: a read index from the leader).
+    /// call (etcd's linearizable read: a read index from the leader, then
+    /// this member's apply catching up to it).
     pub async fn linearize(&self) -> Result<(), Status> {
-        let raft = self.raft.clone();
-        let fut = async move {
-            let lin = raft
-                .get_read_linearizer(ReadPolicy::ReadIndex)
-                .await
-                .map_err(|e| match e {
-                    RaftError::APIError(_) => error::no_leader(),
-                    RaftError::Fatal(_) => error::stopped(),
-                })?;
-            lin.try_await_ready(&raft, None)
-                .await
-                .map_err(|_| error::stopped())?
-                .map_err(|_| error::timeout())?;
+        let fut = async {
+            let index = self.read_index().await?;
+            if index > 0 {
+                self.raft
+                    .wait(Some(self.request_timeout()))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map_err(|_| error::timeout())?;
+            }
             Ok::<(), Status>(())
         };
         match glommio::timer::timeout(self.request_timeout(), async { Ok(fut.await) }).await {
             Ok(r) => r,
             Err(_) => Err(error::timeout()),
         }
+    }
+
+    /// A read index, shared by every caller that arrives while the previous
+    /// one is being obtained.
+    async fn read_index(&self) -> Result<u64, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.borrow_mut().push(tx);
+        if !self.reading.get() {
+            if let Some(me) = self.me.borrow().upgrade() {
+                self.reading.set(true);
+                glommio::spawn_local(async move {
+                    loop {
+                        let batch = std::mem::take(&mut *me.reads.borrow_mut());
+                        if batch.is_empty() {
+                            break;
+                        }
+                        let r = me.obtain_read_index().await;
+                        for w in batch {
+                            let _ = w.send(r.clone());
+                        }
+                    }
+                    me.reading.set(false);
+                })
+                .detach();
+            }
+        }
+        rx.await.map_err(|_| error::stopped())?
+    }
+
+    /// One read index: from openraft on the leader (leadership confirmed by
+    /// a quorum), from the leader over the peer transport on a follower.
+    pub async fn obtain_read_index(&self) -> Result<u64, Status> {
+        let deadline = std::time::Instant::now() + self.request_timeout();
+        let leader = self.wait_leader(deadline).await?;
+        if leader != self.member_id {
+            let b = self.call_leader(PeerMsg::ReadIndex, &[]).await?;
+            return b
+                .get(..8)
+                .map(|x| u64::from_le_bytes(x.try_into().unwrap_or_default()))
+                .ok_or_else(|| Status::internal("malformed read index from the leader"));
+        }
+        let lin = self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await.map_err(|e| match e {
+            RaftError::APIError(_) => Status::unavailable(error::LEADER_CHANGED),
+            RaftError::Fatal(_) => error::stopped(),
+        })?;
+        let index = lin.read_log_id().index();
+        lin.try_await_ready(&self.raft, None)
+            .await
+            .map_err(|_| error::stopped())?
+            .map_err(|_| error::timeout())?;
+        Ok(index)
     }
 
     /// Runs scheduled compactions in bounded steps on this executor, so

@@ -166,6 +166,14 @@ impl Lessor {
         Ok(Lessor::new(leases, min_ttl))
     }
 
+    /// Replaces every lease with those of the store's current state (after
+    /// a snapshot from the leader was installed); the lessor is not primary.
+    pub fn reload(&self, kv: &KvStore<Db>) -> Result<(), String> {
+        let fresh = Lessor::load(kv, self.min_ttl)?;
+        *self.inner.borrow_mut() = fresh.inner.into_inner();
+        Ok(())
+    }
+
     /// How many leases exist.
     pub fn count(&self) -> usize {
         self.inner.borrow().leases.len()
@@ -476,9 +484,18 @@ impl EtcdServer {
         }
     }
 
-    /// etcd's `LeaseRenew` on the leader: `Ok(None)` when the lease does not
-    /// exist (or was revoked while the renewal waited for it).
+    /// etcd's `LeaseRenew`: on the leader, or forwarded to it. `Ok(None)`
+    /// when the lease does not exist.
     pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>, Status> {
+        if self.leader().is_some_and(|l| l != self.member_id) {
+            let b = self.call_leader(crate::peer_service::PeerMsg::LeaseRenew, &id.to_le_bytes()).await?;
+            return Ok(b.get(..8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or_default())));
+        }
+        self.lease_renew_local(id).await
+    }
+
+    /// [`Self::lease_renew`] on this member's lessor (the leader's).
+    pub async fn lease_renew_local(&self, id: i64) -> Result<Option<i64>, Status> {
         self.lessor_ready(|l| match l.renew(id, Instant::now()) {
             Renew::Renewed(ttl) => Some(Some(ttl)),
             Renew::NotFound => Some(None),
@@ -487,8 +504,23 @@ impl EtcdServer {
         .await
     }
 
-    /// `(granted TTL, remaining)` from the primary lessor, `None` for an unknown lease.
+    /// `(granted TTL, remaining)` from the primary lessor (the leader's,
+    /// asked over the peer transport on a follower), `None` for an unknown lease.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        if self.leader().is_some_and(|l| l != self.member_id) {
+            let b = self.call_leader(crate::peer_service::PeerMsg::LeaseTimeToLive, &id.to_le_bytes()).await?;
+            if b.len() < 16 {
+                return Ok(None);
+            }
+            let g = i64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+            let r = i64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+            return Ok(Some((g, r)));
+        }
+        self.lease_time_to_live_local(id).await
+    }
+
+    /// [`Self::lease_time_to_live`] on this member's lessor.
+    pub async fn lease_time_to_live_local(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
         self.lessor_ready(|l| l.is_primary().then(|| l.time_to_live(id, Instant::now())))
             .await
     }

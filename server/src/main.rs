@@ -11,6 +11,8 @@ mod etcd_server;
 mod lessor;
 mod membership;
 mod pb;
+mod peer_service;
+mod raft_snapshot;
 mod snapshot;
 mod state_machine;
 mod transport;
@@ -31,13 +33,14 @@ use ironcd_engine::btree::{Db, DbOptions};
 use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
 use ironcd_engine::mvcc::{self, KvStore};
 use ironcd_engine::wal::WalOptions;
-use ironcd_raft_net::{LogStore, Member, NoPeers};
+use ironcd_raft_net::peer::{self, PeerConfig, PeerNetworkFactory, PeerServer, Peers};
+use ironcd_raft_net::{LogStore, Member};
 use openraft::SnapshotPolicy;
 
 use crate::config::{Config, ETCD_VERSION};
 use crate::etcd_server::{EtcdServer, MemberRaft};
 use crate::membership::InitialMember;
-use crate::state_machine::{StateMachine, StoreSnapshot};
+use crate::state_machine::StateMachine;
 
 fn main() -> ExitCode {
     let cfg = Config::parse();
@@ -120,7 +123,7 @@ fn refuse_etcd_data_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-const IDENTITY_KEY: &[u8] = b"ironcd/identity";
+pub(crate) const IDENTITY_KEY: &[u8] = b"ironcd/identity";
 
 /// Records the member and cluster IDs in a new store; refuses a store that
 /// belongs to another member or cluster.
@@ -165,6 +168,57 @@ fn check_identity(db: &Db, id: &Identity, cfg: &Config, data_dir: &Path) -> Resu
     }
 }
 
+/// The member and cluster IDs recorded in a store, if any.
+fn stored_identity(db: &Db) -> Result<Option<(u64, u64)>, String> {
+    let snap = db.snapshot();
+    let b = snap.get(Tree::Meta, IDENTITY_KEY).map_err(|e| e.to_string())?;
+    Ok(b.filter(|b| b.len() >= 16).map(|b| {
+        (
+            u64::from_le_bytes(b[0..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(b[8..16].try_into().unwrap_or_default()),
+        )
+    }))
+}
+
+/// A member started with `--initial-cluster-state existing` learns its ID
+/// (given by `member add`) and the cluster ID from a running peer, as etcd does.
+async fn join_identity(cfg: &Config, id: &Identity, peer_cfg: &PeerConfig, stop: &AtomicBool) -> Result<(u64, u64), String> {
+    use prost::Message;
+    let mut mine = cfg.initial_advertise_peer_urls.clone();
+    mine.sort();
+    let others: Vec<&membership::InitialMember> = id.members.iter().filter(|m| m.name != cfg.name).collect();
+    if others.is_empty() {
+        return Err("--initial-cluster-state=existing needs the running members in --initial-cluster".into());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        for m in &others {
+            match peer::client::call_once(peer_cfg, &m.peer_urls, peer_service::PeerMsg::Members as u8, &[], Duration::from_secs(2)).await {
+                Ok(b) => {
+                    let list = pb::etcdserverpb::MemberListResponse::decode(b).map_err(|e| e.to_string())?;
+                    let cluster = list.header.as_ref().map_or(0, |h| h.cluster_id);
+                    let me = list.members.iter().find(|x| {
+                        let mut u = x.peer_ur_ls.clone();
+                        u.sort();
+                        u == mine
+                    });
+                    return match me {
+                        Some(x) => Ok((x.id, cluster)),
+                        None => Err(format!(
+                            "member with peer URLs {} is not in the cluster's member list (add it first with `etcdctl member add`)",
+                            mine.join(",")
+                        )),
+                    };
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("could not get the member list from the cluster: {last}"))
+}
+
 fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
     let c = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
@@ -204,6 +258,13 @@ fn run(cfg: Config) -> Result<(), String> {
             transport::bind_exclusive(addr).map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
         listeners.push((url.clone(), l));
     }
+    let mut peer_listeners = Vec::new();
+    for url in &cfg.listen_peer_urls {
+        let addr = transport::parse_url(url)?;
+        let l = transport::bind_exclusive(addr)
+            .map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        peer_listeners.push((url.clone(), l));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())
@@ -212,7 +273,7 @@ fn run(cfg: Config) -> Result<(), String> {
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .name("ironcd-raft-core")
         .spawn(move || async move {
-            serve_member(cfg, id, data_dir, listeners, stop, auto_compaction).await
+            serve_member(cfg, id, data_dir, listeners, peer_listeners, stop, auto_compaction).await
         })
         .map_err(|e| format!("starting executor: {e}"))?;
     ex.join().map_err(|e| format!("executor failed: {e}"))?
@@ -223,9 +284,11 @@ async fn serve_member(
     id: Identity,
     data_dir: PathBuf,
     listeners: Vec<(String, std::net::TcpListener)>,
+    peer_listeners: Vec<(String, std::net::TcpListener)>,
     stop: Arc<AtomicBool>,
     auto_compaction: auto_compact::Policy,
 ) -> Result<(), String> {
+    let mut id = id;
     let member_dir = data_dir.join("member");
     std::fs::create_dir_all(&member_dir)
         .map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
@@ -239,7 +302,33 @@ async fn serve_member(
     let db_path = member_dir.join("kv.db");
     let db = Db::open(&db_path, DbOptions::default())
         .map_err(|e| format!("opening {}: {e}", db_path.display()))?;
+    let source_ip = peer_listeners
+        .first()
+        .and_then(|(u, _)| transport::parse_url(u).ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let peer_cfg = PeerConfig {
+        member_id: id.member_id,
+        cluster_id: Rc::new(std::cell::Cell::new(0)),
+        source_ip,
+        connect_timeout: Duration::from_secs(1),
+    };
+    if cfg.initial_cluster_state == "existing" {
+        match stored_identity(&db)? {
+            Some((member, cluster)) => {
+                id.member_id = member;
+                id.cluster_id = cluster;
+            }
+            None => {
+                let (member, cluster) = join_identity(&cfg, &id, &peer_cfg, &stop).await?;
+                id.member_id = member;
+                id.cluster_id = cluster;
+            }
+        }
+    }
     check_identity(&db, &id, &cfg, &data_dir)?;
+    let peer_cfg = PeerConfig { member_id: id.member_id, ..peer_cfg };
+    peer_cfg.cluster_id.set(id.cluster_id);
     let mvcc_cfg = mvcc::Config {
         max_txn_ops: cfg.max_txn_ops as usize,
         // etcd: ceil(1.5 × election timeout) seconds.
@@ -256,46 +345,56 @@ async fn serve_member(
         cfg.experimental_watch_progress_notify_interval,
     );
     let apply_hub = hub.clone();
+    let waiters = state_machine::Waiters::default();
+    let (restore_hub, restore_kv, restore_lessor) = (hub.clone(), kv.clone(), lessor.clone());
     let sm = StateMachine::new(
         kv.clone(),
         cfg.store_sync_entries,
         Rc::new(move |events: &mut Vec<mvcc::Event>, revision: i64| {
             apply_hub.on_apply(events, revision)
         }),
+        waiters.clone(),
     )
     .map_err(|e| format!("loading the state machine: {e}"))?
-    .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)));
+    .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)))
+    .with_restore_hook(Rc::new(move |prev_revision| {
+        if let Err(e) = restore_lessor.reload(&restore_kv) {
+            tracing::error!(error = %e, "reloading leases after a snapshot");
+        }
+        restore_hub.on_restore(prev_revision);
+    }));
+    let peers = Peers::new(peer_cfg.clone());
+    let transfer: Rc<raft_snapshot::Transfer> = Rc::new(raft_snapshot::Transfer { member_dir: member_dir.clone() });
     let raft: MemberRaft = MemberRaft::new(
         id.member_id,
         raft_config(&cfg)?,
-        NoPeers::<StoreSnapshot>::default(),
+        PeerNetworkFactory::new(peers.clone(), transfer.clone()),
         log_store.clone(),
         sm,
     )
     .await
     .map_err(|e| format!("starting raft: {e}"))?;
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-        if cfg.initial_cluster_state != "new" {
-            return Err(
-                "--initial-cluster-state=existing (joining a running cluster) is not built yet"
-                    .into(),
-            );
-        }
+    let peer_service = Rc::new(peer_service::PeerService::default());
+    let peer_server = Rc::new(PeerServer {
+        raft: raft.clone(),
+        member_id: id.member_id,
+        cluster_id: peer_cfg.cluster_id.clone(),
+        app: peer_service.clone(),
+        snapshots: transfer,
+    });
+    if !raft.is_initialized().await.map_err(|e| e.to_string())? && cfg.initial_cluster_state == "new" {
+        // Every member bootstraps the same membership (names and client
+        // URLs are published through raft once each member runs).
         let nodes: BTreeMap<u64, Member> = id
             .members
             .iter()
             .map(|m| {
-                let client_urls = if m.id == id.member_id {
-                    cfg.advertise_client_urls.clone()
-                } else {
-                    Vec::new()
-                };
                 (
                     m.id,
                     Member {
-                        name: m.name.clone(),
+                        name: String::new(),
                         peer_urls: m.peer_urls.clone(),
-                        client_urls,
+                        client_urls: Vec::new(),
                     },
                 )
             })
@@ -304,6 +403,14 @@ async fn serve_member(
             .await
             .map_err(|e| format!("bootstrapping the cluster: {e}"))?;
     }
+    // Peers are answered once the member is bootstrapped (a vote received
+    // before would make openraft refuse the bootstrap).
+    for (url, l) in peer_listeners {
+        tracing::info!(address = %url, "listening for peers");
+        let l = transport::into_glommio(l);
+        glommio::spawn_local(peer::serve(l, peer_server.clone())).detach();
+    }
+
     let srv = Rc::new(EtcdServer::new(
         raft.clone(),
         kv.clone(),
@@ -311,12 +418,33 @@ async fn serve_member(
         id.cluster_id,
         cfg,
         lessor,
+        peers,
+        waiters,
     ));
+    srv.set_self();
+    peer_service.set(&srv);
     srv.start_compactor();
     srv.start_space_monitor();
     auto_compact::start(Rc::downgrade(&srv), auto_compaction);
     lessor::start(&srv);
     hub.start(&srv);
+    // Like etcd, serve clients once this member's attributes are published
+    // (which needs a quorum).
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match srv.publish(&srv.cfg.name.clone(), &srv.cfg.advertise_client_urls.clone()).await {
+            Ok(()) => {
+                tracing::info!("published local member to cluster through raft");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "failed to publish local member to cluster through raft");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
     let routes = v3rpc::routes(srv.clone(), hub.clone());
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");

@@ -38,11 +38,22 @@ const SLOW_APPLY: Duration = Duration::from_millis(100);
 pub type Membership = StoredMembership<CommittedLeaderId, u64, Member>;
 pub type Meta = SnapshotMeta<CommittedLeaderId, u64, Member>;
 
-/// A snapshot of the state machine. For now it only names the point the
-/// local store file was synced at; shipping the store file to a follower
-/// arrives with the peer transport (clustering issue).
-#[derive(Clone, Debug, Default)]
-pub struct StoreSnapshot;
+/// A snapshot of the state machine, as openraft hands it around.
+pub enum StoreSnapshot {
+    /// The local store pinned at one published state (to send to a peer):
+    /// its raft meta is read from that same state, so data and meta agree.
+    Pinned(ironcd_engine::btree::Snapshot),
+    /// A snapshot received from the leader, in a file of the data dir
+    /// (`crate::raft_snapshot` format), checked and ready to install.
+    Received(std::path::PathBuf),
+}
+
+/// Followers' proposals wait here, by request id, for their entry to be
+/// applied locally (a leader's own proposals get openraft's responder).
+pub type Waiters = Rc<std::cell::RefCell<std::collections::HashMap<u64, futures_channel::oneshot::Sender<Applied>>>>;
+
+/// Called after a snapshot was installed with the revision before it.
+pub type OnRestore = Rc<dyn Fn(i64)>;
 
 /// What applying one request produced, returned to its proposer.
 #[derive(Debug)]
@@ -55,6 +66,7 @@ pub enum Applied {
     LeaseRevoke(MvccResult<mvcc::LeaseRevokeResponse>),
     LeaseCheckpoint(MvccResult<mvcc::ResponseHeader>),
     Alarm(MvccResult<crate::pb::etcdserverpb::AlarmResponse>),
+    MemberAttributes(MvccResult<()>),
     /// A request this build cannot apply (undecodable, or a kind not built yet).
     Unsupported(String),
 }
@@ -94,6 +106,8 @@ pub struct StateMachine {
     on_apply: OnApply,
     /// Called after each published batch with its lease changes (lessor).
     on_lease: Option<LeaseHook>,
+    waiters: Waiters,
+    on_restore: Option<OnRestore>,
 }
 
 /// See [`StateMachine::with_lease_hook`].
@@ -113,7 +127,12 @@ fn lease_change(revoke_id: Option<i64>, a: &Applied) -> Option<crate::lessor::Le
 }
 
 impl StateMachine {
-    pub fn new(kv: Arc<KvStore<Db>>, sync_every: u64, on_apply: OnApply) -> io::Result<Self> {
+    pub fn new(
+        kv: Arc<KvStore<Db>>,
+        sync_every: u64,
+        on_apply: OnApply,
+        waiters: Waiters,
+    ) -> io::Result<Self> {
         let snap = kv.store().snapshot();
         let (applied, membership) = load_applied_state(&snap)?;
         Ok(StateMachine {
@@ -127,7 +146,15 @@ impl StateMachine {
             snapshot: None,
             on_apply,
             on_lease: None,
+            waiters,
+            on_restore: None,
         })
+    }
+
+    /// Reports installed snapshots to `hook` (watch hub, lessor).
+    pub fn with_restore_hook(mut self, hook: OnRestore) -> Self {
+        self.on_restore = Some(hook);
+        self
     }
 
     /// Reports applied lease grants, revokes and checkpoints to `hook`.
@@ -242,6 +269,11 @@ fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -
             Applied::LeaseCheckpoint(w.lease_checkpoint(index, &cps))
         }
         Req::Alarm(a) => Applied::Alarm(crate::alarm::apply(w.view_mut(), &a)),
+        Req::MemberAttributes(m) => Applied::MemberAttributes(
+            w.view_mut()
+                .put(Tree::Members, &m.id.to_be_bytes(), &m.encode_to_vec())
+                .map_err(MvccError::Store),
+        ),
     }
 }
 
@@ -251,21 +283,28 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineSnapshotBuilder {
     async fn build_snapshot(
         &mut self,
     ) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
-        // The store is synced up to `meta.last_log_id` before openraft may
-        // purge the log behind it (on a blocking thread: two fdatasyncs).
+        // The store is synced before openraft may purge the log behind the
+        // snapshot (on a blocking thread: two fdatasyncs). The snapshot is
+        // the synced state, its meta read from that same state.
         let kv = self.kv.clone();
         glommio::executor().spawn_blocking(move || kv.store().sync()).await.map_err(io_err)?;
-        Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: StoreSnapshot,
-        })
+        pinned(&self.kv)
     }
+}
+
+/// The current published store state as a raft snapshot.
+fn pinned(kv: &KvStore<Db>) -> io::Result<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>> {
+    let snap = kv.store().snapshot();
+    let (last_log_id, last_membership) = load_applied_state(&snap)?;
+    Ok(Snapshot {
+        meta: Meta { last_log_id, last_membership },
+        snapshot: StoreSnapshot::Pinned(snap),
+    })
 }
 
 /// Builds a snapshot of the state at the time it was created.
 pub struct StateMachineSnapshotBuilder {
     kv: Arc<KvStore<Db>>,
-    meta: Meta,
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -302,11 +341,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
                 EntryPayload::Normal(req) => {
-                    let decoded = RaftRequest::decode(req.0).ok().and_then(|r| r.request);
+                    let decoded = RaftRequest::decode(req.0).ok().and_then(|r| Some((r.id, r.request?)));
                     match decoded {
-                        Some(r) => {
+                        Some((id, r)) => {
                             batch.push((entry.log_id.index, r));
-                            responders.push(responder);
+                            responders.push((responder, id));
                         }
                         None => {
                             tracing::error!(
@@ -330,11 +369,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if took > SLOW_APPLY {
             tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, entries = n, "apply request took too long");
         }
-        for (responder, result) in responders.into_iter().zip(results) {
+        let mut waiters = self.waiters.borrow_mut();
+        for ((responder, id), result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(Response::new(result));
+            } else if let Some(w) = waiters.remove(&id) {
+                let _ = w.send(result);
             }
         }
+        drop(waiters);
         self.unsynced += n.max(1);
         if self.unsynced >= self.sync_every {
             self.sync_in_background();
@@ -343,30 +386,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachineSnapshotBuilder {
-        let meta = Meta {
+        self.snapshot = Some(Meta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
-        };
-        self.snapshot = Some(meta.clone());
-        StateMachineSnapshotBuilder {
-            kv: self.kv.clone(),
-            meta,
-        }
+        });
+        StateMachineSnapshotBuilder { kv: self.kv.clone() }
     }
 
-    async fn install_snapshot(&mut self, _meta: &Meta, _snapshot: StoreSnapshot) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "installing a snapshot from a peer arrives with the peer transport",
-        ))
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: StoreSnapshot) -> io::Result<()> {
+        let StoreSnapshot::Received(path) = snapshot else {
+            return Err(io::Error::other("only a received snapshot can be installed"));
+        };
+        let prev_revision = self.kv.read().map(|r| r.revision()).unwrap_or(0);
+        let started = Instant::now();
+        let res = crate::raft_snapshot::install(&self.kv, &path, meta.last_log_id.as_ref());
+        let _ = std::fs::remove_file(&path);
+        let records = res?;
+        // Durable before openraft records the snapshot and purges its log.
+        let kv = self.kv.clone();
+        glommio::executor().spawn_blocking(move || kv.store().sync()).await.map_err(io_err)?;
+        let (applied, membership) = load_applied_state(&self.kv.store().snapshot())?;
+        self.applied = applied;
+        self.membership = membership;
+        self.snapshot = Some(meta.clone());
+        self.unsynced = 0;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            records,
+            took = ?started.elapsed(),
+            "installed a snapshot from the leader"
+        );
+        if let Some(h) = &self.on_restore {
+            h(prev_revision);
+        }
+        Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> io::Result<Option<Snapshot<CommittedLeaderId, u64, Member, StoreSnapshot>>> {
-        Ok(self.snapshot.clone().map(|meta| Snapshot {
-            meta,
-            snapshot: StoreSnapshot,
-        }))
+        if self.applied.is_none() {
+            return Ok(None);
+        }
+        pinned(&self.kv).map(Some)
     }
 }

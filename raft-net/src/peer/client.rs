@@ -322,3 +322,27 @@ impl Peers {
         }
     }
 }
+
+/// One request to whoever listens at `urls`, on a connection of its own
+/// (for a member that does not know the IDs of its peers yet).
+pub async fn call_once(cfg: &PeerConfig, urls: &[String], ty: u8, payload: &[u8], timeout: Duration) -> Result<Bytes, CallError> {
+    let addr = resolve(urls).map_err(|e| CallError::Unreachable(0, e))?;
+    let fut = async {
+        let stream = connect(cfg, addr, wire::KIND_RPC, 0).await.map_err(|e| CallError::Unreachable(0, e))?;
+        let (r, mut w) = futures_lite::io::split(stream);
+        let mut frame = BytesMut::new();
+        wire::put_frame(&mut frame, ty, 1, payload);
+        wire::write_all(&mut w, &frame).await.map_err(|e| CallError::Unreachable(0, e.to_string()))?;
+        let mut r = BufReader::new(r);
+        let f = wire::read_frame(&mut r)
+            .await
+            .map_err(|e| CallError::Unreachable(0, e.to_string()))?
+            .ok_or_else(|| CallError::Unreachable(0, "closed".into()))?;
+        let _ = w.close().await;
+        match f.ty {
+            RESP_OK => Ok(f.payload),
+            _ => Err(CallError::Remote(String::from_utf8_lossy(&f.payload).into_owned())),
+        }
+    };
+    glommio::timer::timeout(timeout, async { Ok(fut.await) }).await.unwrap_or(Err(CallError::Timeout(0, timeout)))
+}

@@ -678,6 +678,32 @@ impl WatchHub {
         events.clear();
     }
 
+    /// The store was replaced by a snapshot from the leader: every synced
+    /// watcher (which had seen everything up to `prev_revision`) catches up
+    /// from the new store after `prev_revision`, as if it had fallen behind.
+    pub fn on_restore(&self, prev_revision: i64) {
+        let mut g = self.inner.borrow_mut();
+        let g = &mut *g;
+        let keys: Vec<WatcherKey> = g.watchers.keys().copied().collect();
+        for wk in keys {
+            let Some(w) = g.watchers.get_mut(&wk) else { continue };
+            if w.state != State::Synced {
+                continue;
+            }
+            w.min_rev = w.min_rev.max(prev_revision + 1);
+            w.state = State::Unsynced;
+            g.index.remove(&w.key, &w.shape, wk);
+            if let Some(st) = g.streams.get_mut(&w.stream) {
+                st.unsynced.push_back(wk);
+                if !st.in_ready {
+                    st.in_ready = true;
+                    g.ready.push_back(w.stream);
+                }
+            }
+        }
+        self.sync.notify();
+    }
+
     // ----------------------------------------------------------- catch-up
 
     /// One turn of the sync task: catches up to `SYNC_BUDGET` unsynced
