@@ -84,7 +84,7 @@ impl Driver {
 
 /// How much `ensure_len` grows a file of `len` bytes in one step.
 fn growth_step(len: u64) -> u64 {
-    len.clamp(1 << 20, 1 << 30)
+    (len / 16).clamp(1 << 20, 128 << 20)
 }
 
 #[test]
@@ -104,7 +104,8 @@ fn overwritten_and_compacted_file_stops_growing() {
         // Compaction to the head leaves exactly one version per key.
         assert_eq!(check.entries[Tree::Kv as usize], KEYS, "round {round}");
         assert_eq!(check.entries[Tree::KeyIndex as usize], KEYS, "round {round}");
-        assert_eq!(check.entries[Tree::KeyHistory as usize], KEYS, "round {round}");
+        // `Tree::KeyHistory` holds superseded changes only: none are left.
+        assert_eq!(check.entries[Tree::KeyHistory as usize], 0, "round {round}");
         println!(
             "round {round:2}: file {:>10} B, live {live} B, ratio {:.2}, high water {} pages, free {}, pending {}; \
              branch {} leaf {} overflow {} freelist {}",
@@ -125,7 +126,7 @@ fn overwritten_and_compacted_file_stops_growing() {
     assert_eq!(r.count, KEYS as i64);
 
     // The file stops growing: after round SETTLED it grows by at most one
-    // growth step (a doubling below 1 GiB) ...
+    // growth step (1/16 of the file) ...
     let settled = &rows[SETTLED as usize].0;
     for (round, (s, _)) in rows.iter().enumerate().skip(SETTLED as usize + 1) {
         assert!(
@@ -144,15 +145,17 @@ fn overwritten_and_compacted_file_stops_growing() {
         last.high_water,
         settled.high_water
     );
-    // The requirement is file <= 2x live. Not met: measured 13.11 at this
-    // scale (3.72 in reachable pages; the rest is free pages and the
-    // doubling growth step), 7.55 at 1M keys. Where the space goes and what
-    // would close the gap: docs/mvcc.md, "Space". These bounds pin what was
-    // measured so a regression shows; tighten them when the gap closes.
+    // The requirement is file <= 2x live. Not met when compaction runs only
+    // once per overwrite of the whole keyspace: measured 5.04 at this scale
+    // (1.51 in reachable pages; the rest is the round's new versions and the
+    // copy-on-write copies a sync interval pins). Before `Tree::KeyHistory`
+    // held superseded changes only and siblings merged: 7.06 and 2.68.
+    // docs/mvcc.md, "Space". These bounds pin what was measured so a
+    // regression shows; tighten them when the gap closes.
     let ratio = last.file_len as f64 / live as f64;
     let in_use = (last.high_water - last.free_pages) * 4096;
     let in_use_ratio = in_use as f64 / live as f64;
     println!("after round {ROUNDS}: file / live {ratio:.2}, pages in use / live {in_use_ratio:.2} (requirement: file <= 2x live)");
-    assert!(ratio <= 14.0, "file / live {ratio:.2}");
-    assert!(in_use_ratio <= 4.0, "pages in use / live {in_use_ratio:.2}");
+    assert!(ratio <= 5.5, "file / live {ratio:.2}");
+    assert!(in_use_ratio <= 1.6, "pages in use / live {in_use_ratio:.2}");
 }

@@ -39,7 +39,7 @@ pub struct DbOptions {
     /// In debug builds, run [`Db::check`] after every Nth successful `sync`
     /// (0: never). Files above 128 MiB are checked 16 times less often.
     pub debug_check_every: u32,
-    /// Size a new file starts with (it grows by doubling, 1 GiB at most per step).
+    /// Size a new file starts with (it grows by 1/16 of its size per step, 1 MiB..128 MiB).
     pub initial_size: u64,
 }
 
@@ -329,6 +329,11 @@ impl Db {
             (Err(MetaError::Bbolt), _) | (_, Err(MetaError::Bbolt)) => Err(StoreError::Corrupt(format!(
                 "{name} is a bbolt database (an etcd `db` file?), not an ironcd store file"
             ))),
+            (Err(MetaError::Version(v)), _) | (_, Err(MetaError::Version(v))) => Err(StoreError::Corrupt(format!(
+                "{name} is an ironcd store file of format version {v}; this build reads only version {} \
+                 and cannot upgrade it (start from an empty data directory or restore a snapshot)",
+                super::page::FORMAT_VERSION
+            ))),
             (Err(a), Err(b)) => Err(StoreError::Corrupt(format!(
                 "{name}: no valid meta page (page 0: {a:?}; page 1: {b:?})"
             ))),
@@ -387,9 +392,9 @@ impl Db {
     /// Makes the file at least `need` bytes long and the map cover it.
     fn ensure_len(&self, g: &mut WriterState, need: u64) -> StoreResult<()> {
         if need > g.file_len {
-            // An eighth of the file (1 MiB..256 MiB): few remaps, and an
-            // unused tail of at most 1/8 (doubling left up to 1/2 unused).
-            let step = (g.file_len / 8).clamp(1 << 20, 256 << 20);
+            // A sixteenth of the file (1 MiB..128 MiB): few remaps, and an
+            // unused tail of at most 1/16 (doubling left up to 1/2 unused).
+            let step = (g.file_len / 16).clamp(1 << 20, 128 << 20);
             let new_len = need.max(g.file_len + step).div_ceil(PS) * PS;
             self.io.grow(new_len).map_err(io_err(|| format!("growing {} to {new_len} bytes", self.name)))?;
             g.file_len = new_len;

@@ -433,6 +433,18 @@ impl LeafBuf {
         (PAGE_SIZE - self.cell_lo - self.garbage) + 2 * self.count
     }
 
+    /// Exact bytes in use as a node size: slots plus live cells (reads every
+    /// cell; [`LeafBuf::size`] may count garbage left by earlier edits).
+    pub(crate) fn live_size(&self) -> StoreResult<usize> {
+        let view = self.view();
+        let mut size = 0;
+        for i in 0..self.count {
+            let (k, v) = view.leaf_entry(i)?;
+            size += leaf_entry_len(k.len(), v.len());
+        }
+        Ok(size)
+    }
+
     fn slots_end(&self) -> usize {
         HEADER_LEN + 2 * self.count
     }
@@ -574,7 +586,10 @@ pub(crate) fn decode_freelist(id: u64, buf: &[u8]) -> StoreResult<(u64, Vec<(u64
 /// Identifies an ironcd store file; distinct from bbolt's so an etcd `db`
 /// file is never mistaken for ours.
 pub(crate) const MAGIC: [u8; 8] = *b"IRCDKVB1";
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 1: first format. 2: `Tree::KeyHistory` holds superseded changes only
+/// (the MVCC layer's layout changed, the pages did not); a version 1 file is
+/// refused, there is no upgrade path.
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// bbolt's meta magic, found at byte 16 of an etcd `db` file.
 const BBOLT_MAGIC: u32 = 0xED0C_DAED;
 const META_CRC_OFF: usize = 64 + 8 * Tree::COUNT;
@@ -621,6 +636,8 @@ pub(crate) enum MetaError {
     Blank,
     /// A bbolt (etcd) database file.
     Bbolt,
+    /// A valid meta page of another format version.
+    Version(u32),
     /// Anything else, with the reason.
     Invalid(String),
 }
@@ -645,7 +662,7 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, MetaError> {
     let u64_at = |o| rd_u64(buf, o).ok_or_else(|| bad("short meta page"));
     let version = u32_at(8)?;
     if version != FORMAT_VERSION {
-        return Err(MetaError::Invalid(format!("unsupported format version {version} (this build reads {FORMAT_VERSION})")));
+        return Err(MetaError::Version(version));
     }
     let ps = u32_at(12)?;
     if ps as usize != PAGE_SIZE {

@@ -30,6 +30,10 @@ pub(crate) const MAX_DEPTH: usize = 48;
 const SPLIT_AT: usize = 2 * NODE_CAP;
 /// At commit a dirty node smaller than this merges with a sibling.
 const MIN_FILL: usize = NODE_CAP / 4;
+/// At commit a dirty node under half a page or over a page also merges with
+/// a sibling when the two then fit in fewer pages, each with this much room
+/// to spare (so a merged page does not split again at the next few inserts).
+const MERGE_SLACK: usize = NODE_CAP / 8;
 
 fn internal(what: &str) -> StoreError {
     StoreError::Corrupt(format!("internal B-tree invariant broken: {what}"))
@@ -764,15 +768,53 @@ impl TxnTrees {
             if len < 2 {
                 return Ok(());
             }
-            let small = match child {
-                Child::Node(c) => self.nodes[c].size() < MIN_FILL,
-                Child::Page(_) => false,
+            let size = match child {
+                // A page copy's size counts cells earlier in-place edits left
+                // behind; merging needs the live bytes.
+                Child::Node(c) => match &self.nodes[c] {
+                    Node::Page(lb) => lb.live_size()?,
+                    other => other.size(),
+                },
+                Child::Page(_) => {
+                    i += 1;
+                    continue;
+                }
             };
-            if !small {
+            let l = if size < MIN_FILL {
+                if i + 1 < len {
+                    i
+                } else {
+                    i - 1
+                }
+            } else if size < NODE_CAP / 2 || size > NODE_CAP {
+                // Underfilled, or about to split: merge with a neighbour when
+                // the two then take fewer pages (spill splits evenly). For
+                // random inserts this spreads a split over two pages' worth
+                // (as a B*-tree does) instead of leaving two half pages.
+                let pages = |x: usize| x.div_ceil(NODE_CAP).max(1);
+                let mut with = None;
+                for j in [i + 1, i.wrapping_sub(1)] {
+                    if j >= len {
+                        continue;
+                    }
+                    let other = self.child_size(n, j)?;
+                    let merged = size + other + self.merged_extra(n, i.min(j))?;
+                    if merged.div_ceil(NODE_CAP - MERGE_SLACK) < pages(size) + pages(other) {
+                        with = Some(i.min(j));
+                        break;
+                    }
+                }
+                match with {
+                    Some(l) => l,
+                    None => {
+                        i += 1;
+                        continue;
+                    }
+                }
+            } else {
                 i += 1;
                 continue;
-            }
-            let l = if i + 1 < len { i } else { i - 1 };
+            };
             let ln = self.ensure_child(n, l)?;
             let rn = self.ensure_child(n, l + 1)?;
             self.make_entry_list(ln)?;
@@ -806,6 +848,45 @@ impl TxnTrees {
                 self.merge_children(ln)?;
             }
             i = l;
+        }
+    }
+
+    /// Bytes merging children `l` and `l + 1` of branch `n` adds beyond
+    /// their sizes: nothing for leaves; for branches the separator moving
+    /// down (an upper bound: the right node's first child, already in its
+    /// size, moves into that entry).
+    fn merged_extra(&self, n: usize, l: usize) -> StoreResult<usize> {
+        let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
+        let sep = b.keys.get(l).ok_or_else(|| internal("merge separator"))?;
+        let leaf = match b.children[l] {
+            Child::Node(c) => !matches!(self.nodes[c], Node::Branch(_)),
+            Child::Page(p) => self.map.node(p)?.leaf,
+        };
+        Ok(if leaf { 0 } else { branch_entry_len(sep.len()) })
+    }
+
+    /// Size (page bytes, as [`Node::size`] counts them) of child `i` of
+    /// branch `n`, read from its page when it is not dirty.
+    fn child_size(&self, n: usize, i: usize) -> StoreResult<usize> {
+        let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
+        match *b.children.get(i).ok_or_else(|| internal("child index"))? {
+            Child::Node(c) => match &self.nodes[c] {
+                Node::Page(lb) => lb.live_size(),
+                other => Ok(other.size()),
+            },
+            Child::Page(p) => {
+                let page = self.map.node(p)?;
+                let mut size = if page.leaf { 0 } else { 8 };
+                for j in 0..page.count {
+                    size += if page.leaf {
+                        let (k, v) = page.leaf_entry(j)?;
+                        leaf_entry_len(k.len(), v.len())
+                    } else {
+                        branch_entry_len(page.key(j)?.len())
+                    };
+                }
+                Ok(size)
+            }
         }
     }
 

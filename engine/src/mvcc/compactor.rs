@@ -7,21 +7,27 @@
 //! (tombstones <= rev go entirely). Changes > rev and the head index are
 //! never touched, so reads at >= rev are unaffected at every step.
 //!
+//! The steps walk `Tree::KeyHistory`, which holds exactly the superseded
+//! changes (every change but each live key's head), in key then revision
+//! order: a change's successor is the next entry of its key, or its head.
+//! So a compaction costs O(history written since the last one), not O(keys).
+//!
 //! Progress lives in `Tree::Meta` (scheduled / finished revision and a
-//! cursor), so a restart resumes the compaction. A new `compact` while one
-//! is running restarts the scan from the first revision with the new target:
-//! the rule for a larger revision removes a superset.
+//! cursor: the next `Tree::KeyHistory` key), so a restart resumes the
+//! compaction. A new `compact` while one is running restarts the walk from
+//! the first entry with the new target: the rule for a larger revision
+//! removes a superset.
 
 use std::ops::Bound;
 
 use crate::kv::{ReadView, Tree, WriteView};
 
 use super::error::{MvccError, MvccResult};
-use super::key_index::{history_key, Record};
+use super::key_index::{decode_history_key, Record, KIND_PUT, KIND_TOMBSTONE, REV_TAIL};
 use super::kv_store::{
     KvReader, KvWriter, ReadCtx, META_COMPACT_CURSOR, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
 };
-use super::revision::Revision;
+use super::revision::{Revision, REV_BYTES_LEN};
 use super::types::*;
 
 /// Result of one [`KvWriter::compact_step`].
@@ -84,67 +90,87 @@ impl<W: WriteView> KvWriter<W> {
         self.state.finished_compact < self.state.compact
     }
 
-    /// Examines up to `max_keys` history entries of the pending compaction
-    /// and removes those that do not survive. Does not touch the applied index.
+    /// Examines up to `max_keys` superseded changes (`Tree::KeyHistory`
+    /// entries) of the pending compaction and removes those that do not
+    /// survive, with their `Tree::Kv` records. Heads are never superseded
+    /// changes, so they are never examined: the work is proportional to the
+    /// history written since the last compaction, not to the number of keys.
+    /// Does not touch the applied index.
     pub fn compact_step(&mut self, max_keys: usize) -> MvccResult<CompactStep> {
         if !self.compaction_pending() {
             return Ok(CompactStep::Done);
         }
         let at = self.state.compact;
-        let cursor = match self.view.get(Tree::Meta, META_COMPACT_CURSOR)? {
-            Some(b) => Revision::from_bytes(b)?,
-            None => Revision::new(0, 0),
-        };
-        let end = Revision::new(at + 1, 0).to_bytes();
+        let cursor = self
+            .view
+            .get(Tree::Meta, META_COMPACT_CURSOR)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         let max = max_keys.max(1);
-        let mut batch: Vec<(Revision, Vec<u8>, bool)> = Vec::with_capacity(max.min(4096));
+        // One entry more than the batch: the successor of the batch's last
+        // change when it is the same key's.
+        let mut batch: Vec<(Vec<u8>, bool)> = Vec::with_capacity(max.min(4096) + 1);
         let mut err = None;
         self.view.scan(
-            Tree::Kv,
-            Bound::Included(&cursor.to_bytes()),
-            Bound::Excluded(&end),
+            Tree::KeyHistory,
+            Bound::Included(&cursor),
+            Bound::Unbounded,
             false,
             &mut |k, v| {
-                let r = Revision::from_bytes(k).and_then(|rev| {
-                    let rec = Record::decode(v)?;
-                    Ok((rev, rec.key.to_vec(), rec.tombstone))
-                });
-                match r {
-                    Ok(e) => batch.push(e),
-                    Err(e) => {
-                        err = Some(e);
+                match v {
+                    [KIND_PUT] => batch.push((k.to_vec(), false)),
+                    [KIND_TOMBSTONE] => batch.push((k.to_vec(), true)),
+                    _ => {
+                        err = Some(MvccError::corrupt("bad key history value"));
                         return false;
                     }
                 }
-                batch.len() < max
+                batch.len() <= max
             },
         )?;
         if let Some(e) = err {
             return Err(e);
         }
-        for (rev, key, tombstone) in &batch {
-            let keep = !*tombstone
-                && match self.ctx().history_next(key, *rev)? {
-                    Some(next) => next.main > at,
-                    None => true,
+        let more = batch.len() > max;
+        let n = batch.len().min(max);
+        for i in 0..n {
+            let (hk, tombstone) = &batch[i];
+            if hk.len() < REV_TAIL {
+                return Err(MvccError::corrupt("short key history entry"));
+            }
+            let (prefix, rev) = hk.split_at(hk.len() - REV_BYTES_LEN);
+            let rev = Revision::from_bytes(rev)?;
+            if rev.main > at {
+                continue;
+            }
+            let remove = *tombstone || {
+                // A superseded put is removed when the change that superseded
+                // it (the next entry of its key, else its head) is <= at.
+                let next = match batch.get(i + 1) {
+                    Some((nk, _)) if nk.len() == hk.len() && nk.starts_with(prefix) => {
+                        Some(Revision::from_bytes(&nk[prefix.len()..])?)
+                    }
+                    _ => {
+                        let (key, _) = decode_history_key(hk)?;
+                        self.ctx().head(&key)?.map(|h| h.modified)
+                    }
                 };
-            if !keep {
+                next.is_some_and(|n| n.main <= at)
+            };
+            if remove {
                 self.view.delete(Tree::Kv, &rev.to_bytes())?;
-                self.view
-                    .delete(Tree::KeyHistory, &history_key(key, *rev))?;
+                self.view.delete(Tree::KeyHistory, hk)?;
             }
         }
-        if batch.len() < max {
+        if !more {
             self.state.finished_compact = at;
             self.view
                 .put(Tree::Meta, META_FINISHED_COMPACT, &at.to_le_bytes())?;
             self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
             return Ok(CompactStep::Done);
         }
-        let last = batch.last().map(|b| b.0).unwrap_or_default();
-        let next = Revision::new(last.main, last.sub + 1);
-        self.view
-            .put(Tree::Meta, META_COMPACT_CURSOR, &next.to_bytes())?;
+        let next = &batch[max].0;
+        self.view.put(Tree::Meta, META_COMPACT_CURSOR, next)?;
         Ok(CompactStep::More)
     }
 }

@@ -2,18 +2,47 @@
 //! - `Tree::KeyIndex`: user key -> [`HeadEntry`], the latest state of every
 //!   *live* key (a delete removes the entry), so head reads never walk history.
 //! - `Tree::KeyHistory`: `esc(user key) 00 01 | main | sub` -> kind byte, one
-//!   entry per change, so "the version of k at revision r" is one reverse seek.
+//!   entry per *superseded* change (every change but a live key's head, which
+//!   `Tree::KeyIndex` holds; a deleted key's tombstone stays here), so "the
+//!   version of k at revision r" is the head or one reverse seek, and a
+//!   compaction to the head leaves this tree empty.
 //! - `Tree::Kv`: revision -> [`Record`] (etcd's `key` bucket), the only place
 //!   values are stored.
 
 use super::error::{MvccError, MvccResult};
-use super::revision::{be_i64, le_i64, Revision, REV_BYTES_LEN};
+use super::revision::{be_i64, Revision, REV_BYTES_LEN};
 use super::types::KeyValue;
 
-/// Length of an encoded [`HeadEntry`].
-pub const HEAD_ENTRY_LEN: usize = 40;
+/// Longest encoded [`HeadEntry`] (five 10-byte varints).
+pub const HEAD_ENTRY_MAX_LEN: usize = 50;
 
-/// The latest state of a live key (all little-endian i64):
+/// Appends `v` zigzag-encoded as a LEB128 varint (1 byte for -64..=63).
+pub(crate) fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push(z as u8 | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Decodes a varint written by [`put_varint`] at `*at`, advancing `*at`.
+pub(crate) fn get_varint(b: &[u8], at: &mut usize, what: &str) -> MvccResult<i64> {
+    let mut z = 0u64;
+    for i in 0..10 {
+        let Some(&byte) = b.get(*at) else {
+            return Err(MvccError::corrupt(format!("{what} cut short")));
+        };
+        *at += 1;
+        z |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+        }
+    }
+    Err(MvccError::corrupt(format!("{what}: varint longer than 10 bytes")))
+}
+
+/// The latest state of a live key: varints (see [`put_varint`])
 /// `mod.main | mod.sub | create_revision | version | lease`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct HeadEntry {
@@ -24,28 +53,29 @@ pub struct HeadEntry {
 }
 
 impl HeadEntry {
-    pub fn to_bytes(self) -> [u8; HEAD_ENTRY_LEN] {
-        let mut b = [0u8; HEAD_ENTRY_LEN];
-        b[0..8].copy_from_slice(&self.modified.main.to_le_bytes());
-        b[8..16].copy_from_slice(&self.modified.sub.to_le_bytes());
-        b[16..24].copy_from_slice(&self.create_revision.to_le_bytes());
-        b[24..32].copy_from_slice(&self.version.to_le_bytes());
-        b[32..40].copy_from_slice(&self.lease.to_le_bytes());
-        b
+    pub fn encode(self, out: &mut Vec<u8>) {
+        for v in [self.modified.main, self.modified.sub, self.create_revision, self.version, self.lease] {
+            put_varint(out, v);
+        }
     }
 
     pub fn from_bytes(b: &[u8]) -> MvccResult<Self> {
-        if b.len() != HEAD_ENTRY_LEN {
+        let mut at = 0;
+        let mut f = [0i64; 5];
+        for x in f.iter_mut() {
+            *x = get_varint(b, &mut at, "key index entry")?;
+        }
+        if at != b.len() {
             return Err(MvccError::corrupt(format!(
-                "key index entry of {} bytes",
+                "key index entry of {} bytes, {at} decoded",
                 b.len()
             )));
         }
         Ok(HeadEntry {
-            modified: Revision::new(le_i64(&b[0..8]), le_i64(&b[8..16])),
-            create_revision: le_i64(&b[16..24]),
-            version: le_i64(&b[24..32]),
-            lease: le_i64(&b[32..40]),
+            modified: Revision::new(f[0], f[1]),
+            create_revision: f[2],
+            version: f[3],
+            lease: f[4],
         })
     }
 }
@@ -125,13 +155,10 @@ pub fn decode_history_key(b: &[u8]) -> MvccResult<(Vec<u8>, Revision)> {
     Ok((key, rev))
 }
 
-/// Length of the fixed part of a [`Record`].
-pub const RECORD_HEADER_LEN: usize = 29;
-
-/// A `Tree::Kv` value: one change. Layout (little-endian):
-/// `kind u8 | create_revision i64 | version i64 | lease i64 | key_len u32 | key | value`.
-/// `mod_revision` is the `Tree::Kv` key's main. A tombstone has kind 1, zero
-/// create/version/lease and no value.
+/// A `Tree::Kv` value: one change. Layout: `kind u8`, then varints (see
+/// [`put_varint`]) `create_revision | version | lease | key_len`, then
+/// `key | value`. `mod_revision` is the `Tree::Kv` key's main. A tombstone
+/// has kind 1, zero create/version/lease and no value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     pub tombstone: bool,
@@ -144,42 +171,43 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.reserve(RECORD_HEADER_LEN + self.key.len() + self.value.len());
+        out.reserve(1 + 4 * 10 + self.key.len() + self.value.len());
         out.push(if self.tombstone {
             KIND_TOMBSTONE
         } else {
             KIND_PUT
         });
-        out.extend_from_slice(&self.create_revision.to_le_bytes());
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.lease.to_le_bytes());
-        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        put_varint(out, self.create_revision);
+        put_varint(out, self.version);
+        put_varint(out, self.lease);
+        put_varint(out, self.key.len() as i64);
         out.extend_from_slice(self.key);
         out.extend_from_slice(self.value);
     }
 
     pub fn decode(b: &'a [u8]) -> MvccResult<Self> {
-        if b.len() < RECORD_HEADER_LEN {
-            return Err(MvccError::corrupt("short kv record"));
-        }
-        let tombstone = match b[0] {
-            KIND_PUT => false,
-            KIND_TOMBSTONE => true,
-            k => return Err(MvccError::corrupt(format!("kv record kind {k}"))),
+        let tombstone = match b.first() {
+            Some(&KIND_PUT) => false,
+            Some(&KIND_TOMBSTONE) => true,
+            Some(k) => return Err(MvccError::corrupt(format!("kv record kind {k}"))),
+            None => return Err(MvccError::corrupt("empty kv record")),
         };
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&b[25..29]);
-        let key_len = u32::from_le_bytes(len) as usize;
-        let rest = &b[RECORD_HEADER_LEN..];
-        if rest.len() < key_len {
-            return Err(MvccError::corrupt("kv record key beyond its end"));
-        }
+        let mut at = 1;
+        let create_revision = get_varint(b, &mut at, "kv record")?;
+        let version = get_varint(b, &mut at, "kv record")?;
+        let lease = get_varint(b, &mut at, "kv record")?;
+        let key_len = get_varint(b, &mut at, "kv record")?;
+        let rest = &b[at..];
+        let key_len = usize::try_from(key_len)
+            .ok()
+            .filter(|&n| n <= rest.len())
+            .ok_or_else(|| MvccError::corrupt("kv record key beyond its end"))?;
         let (key, value) = rest.split_at(key_len);
         Ok(Record {
             tombstone,
-            create_revision: le_i64(&b[1..9]),
-            version: le_i64(&b[9..17]),
-            lease: le_i64(&b[17..25]),
+            create_revision,
+            version,
+            lease,
             key,
             value,
         })
@@ -238,9 +266,29 @@ mod tests {
             let mut buf = Vec::new();
             r.encode(&mut buf);
             prop_assert_eq!(Record::decode(&buf).unwrap(), r);
-            for cut in 0..buf.len().min(RECORD_HEADER_LEN + key.len()) {
+            for cut in 0..buf.len() - value.len() {
                 prop_assert!(Record::decode(&buf[..cut]).is_err());
             }
+        }
+
+        #[test]
+        fn head_entry_round_trip(m in any::<i64>(), sub in any::<i64>(), c in any::<i64>(), v in any::<i64>(), l in any::<i64>()) {
+            let h = HeadEntry { modified: Revision::new(m, sub), create_revision: c, version: v, lease: l };
+            let mut buf = Vec::new();
+            h.encode(&mut buf);
+            prop_assert!(buf.len() <= HEAD_ENTRY_MAX_LEN);
+            prop_assert_eq!(HeadEntry::from_bytes(&buf).unwrap(), h);
+            for cut in 0..buf.len() {
+                prop_assert!(HeadEntry::from_bytes(&buf[..cut]).is_err());
+            }
+            buf.push(0);
+            prop_assert!(HeadEntry::from_bytes(&buf).is_err());
+        }
+
+        #[test]
+        fn varints_never_panic(b in proptest::collection::vec(any::<u8>(), 0..24)) {
+            let _ = HeadEntry::from_bytes(&b);
+            let _ = Record::decode(&b);
         }
 
         #[test]

@@ -16,7 +16,7 @@ use crate::kv::{ReadView, Store, Tree, WriteView};
 
 use super::error::{MvccError, MvccResult};
 use super::key_index::{
-    history_after, history_key, history_lower, history_prefix, HeadEntry, Record, KIND_PUT,
+    history_after, history_key, history_lower, history_prefix, HeadEntry, Record, HEAD_ENTRY_MAX_LEN, KIND_PUT,
     KIND_TOMBSTONE, REV_TAIL,
 };
 use super::revision::{le_i64, Revision};
@@ -168,7 +168,20 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
     }
 
     /// The newest change of `key` with main revision <= `at`: (revision, kind).
+    /// The head (`Tree::KeyIndex`) is newer than every `Tree::KeyHistory`
+    /// entry of its key, so it answers first when it is old enough.
     pub fn history_at(&self, key: &[u8], at: i64) -> MvccResult<Option<(Revision, u8)>> {
+        if let Some(h) = self.head(key)? {
+            if h.modified.main <= at {
+                return Ok(Some((h.modified, KIND_PUT)));
+            }
+        }
+        self.superseded_at(key, at)
+    }
+
+    /// The newest superseded change (`Tree::KeyHistory`) of `key` with main
+    /// revision <= `at`.
+    fn superseded_at(&self, key: &[u8], at: i64) -> MvccResult<Option<(Revision, u8)>> {
         let prefix = history_prefix(key);
         let upper = history_key(key, Revision::new(at.saturating_add(1), 0));
         let mut out: MvccResult<Option<(Revision, u8)>> = Ok(None);
@@ -185,8 +198,17 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
         out
     }
 
-    /// The first change of `key` after `rev` (any later main), if any.
+    /// The first change of `key` after `rev` (any later main), if any: the
+    /// next superseded change, else the head if it is newer.
     pub fn history_next(&self, key: &[u8], rev: Revision) -> MvccResult<Option<Revision>> {
+        if let Some(r) = self.superseded_next(key, rev)? {
+            return Ok(Some(r));
+        }
+        Ok(self.head(key)?.map(|h| h.modified).filter(|m| *m > rev))
+    }
+
+    /// The first superseded change (`Tree::KeyHistory`) of `key` after `rev`.
+    fn superseded_next(&self, key: &[u8], rev: Revision) -> MvccResult<Option<Revision>> {
         let from = history_key(key, rev);
         let to = history_after(key);
         let mut out: MvccResult<Option<Revision>> = Ok(None);
@@ -240,35 +262,54 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
             }
             KeyRange::Range { start, end } => (start, end),
         };
+        // A key live at `at` has its change there either as its head
+        // (`Tree::KeyIndex`) or among its superseded changes
+        // (`Tree::KeyHistory`): walk the union of both trees' keys in order.
+        let heads = self.range_head(range)?;
+        let mut heads = heads.into_iter().peekable();
         let end_bound = end.map(history_lower);
         let end_b = match &end_bound {
             Some(e) => Bound::Excluded(e.as_slice()),
             None => Bound::Unbounded,
         };
         let mut out = Vec::new();
-        let mut from = history_lower(start);
+        let mut from = Some(history_lower(start));
         loop {
-            // The next user key with any history.
+            // The next user key with superseded changes.
             let mut next: MvccResult<Option<Vec<u8>>> = Ok(None);
-            self.view.scan(
-                Tree::KeyHistory,
-                Bound::Included(&from),
-                end_b,
-                false,
-                &mut |k, _| {
-                    next = super::key_index::decode_history_key(k).map(|(key, _)| Some(key));
-                    false
-                },
-            )?;
-            let Some(key) = next? else { break };
-            if let Some((rev, KIND_PUT)) = self.history_at(&key, at)? {
-                out.push(Found {
-                    key: key.clone(),
-                    rev,
-                    head: None,
-                });
+            if let Some(f) = &from {
+                self.view.scan(
+                    Tree::KeyHistory,
+                    Bound::Included(f),
+                    end_b,
+                    false,
+                    &mut |k, _| {
+                        next = super::key_index::decode_history_key(k).map(|(key, _)| Some(key));
+                        false
+                    },
+                )?;
             }
-            from = history_after(&key);
+            let hist_key = next?;
+            // Heads of keys before it have no superseded changes.
+            while let Some(h) = heads.next_if(|h| hist_key.as_ref().is_none_or(|k| h.key < *k)) {
+                if h.rev.main <= at {
+                    out.push(h);
+                }
+            }
+            let Some(key) = hist_key else { break };
+            match heads.next_if(|h| h.key == key) {
+                Some(h) if h.rev.main <= at => out.push(h),
+                _ => {
+                    if let Some((rev, KIND_PUT)) = self.superseded_at(&key, at)? {
+                        out.push(Found {
+                            key: key.clone(),
+                            rev,
+                            head: None,
+                        });
+                    }
+                }
+            }
+            from = Some(history_after(&key));
         }
         Ok(out)
     }
@@ -856,15 +897,20 @@ impl<W: WriteView> KvWriter<W> {
         let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
         self.scratch = rec;
         res?;
-        self.view
-            .put(Tree::KeyHistory, &history_key(key, rev), &[KIND_PUT])?;
+        if let Some(h) = &head {
+            // The old head becomes a superseded change.
+            self.view
+                .put(Tree::KeyHistory, &history_key(key, h.modified), &[KIND_PUT])?;
+        }
         let entry = HeadEntry {
             modified: rev,
             create_revision,
             version,
             lease,
         };
-        self.view.put(Tree::KeyIndex, key, &entry.to_bytes())?;
+        let mut head_bytes = Vec::with_capacity(HEAD_ENTRY_MAX_LEN);
+        entry.encode(&mut head_bytes);
+        self.view.put(Tree::KeyIndex, key, &head_bytes)?;
         if old_lease != lease {
             if old_lease != 0 {
                 self.lease_detach(old_lease, key)?;
@@ -913,6 +959,10 @@ impl<W: WriteView> KvWriter<W> {
         let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
         self.scratch = rec;
         res?;
+        // The head and the tombstone are both superseded changes (a deleted
+        // key has no head).
+        self.view
+            .put(Tree::KeyHistory, &history_key(key, head.modified), &[KIND_PUT])?;
         self.view
             .put(Tree::KeyHistory, &history_key(key, rev), &[KIND_TOMBSTONE])?;
         self.view.delete(Tree::KeyIndex, key)?;
