@@ -150,6 +150,11 @@ pub struct Config {
     #[arg(long = "ironcd-store-sync-entries", env = "IRONCD_STORE_SYNC_ENTRIES", default_value_t = 10_000)]
     pub store_sync_entries: u64,
 
+    /// Log entries kept behind a raft snapshot so a slow follower can catch
+    /// up from the log instead of a snapshot (etcd's fixed 5,000).
+    #[arg(long = "ironcd-snapshot-catchup-entries", env = "IRONCD_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub snapshot_catchup_entries: u64,
+
     /// Size of each WAL segment file in bytes.
     #[arg(long = "ironcd-wal-segment-bytes", env = "IRONCD_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,

@@ -131,7 +131,7 @@ impl EtcdServer {
                 Err(CallError::Remote(m)) if m == error::NOT_LEADER => {}
                 Err(CallError::Remote(m)) => return Err(peer_service::status_from_remote(&m)),
                 Err(CallError::Timeout(..)) => return Err(error::timeout()),
-                Err(CallError::Unreachable(_, e)) => {
+                Err(CallError::Unreachable(_, e) | CallError::NotSent(_, e)) => {
                     tracing::debug!(leader = %format!("{leader:x}"), error = %e, "leader unreachable");
                 }
             }
@@ -261,7 +261,19 @@ impl EtcdServer {
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader != self.member_id {
-                return self.forward(leader, id, bytes).await;
+                match self.forward(leader, id, &bytes).await {
+                    // Not sent (the leader is down or unknown): wait for
+                    // the next leader, like a proposal on a leaderless member.
+                    Err(None) => {
+                        if std::time::Instant::now() >= deadline {
+                            return Err(error::timeout());
+                        }
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    Err(Some(s)) => return Err(s),
+                    Ok(a) => return Ok(a),
+                }
             }
             match self.raft.client_write(Request(bytes.clone())).await {
                 Ok(r) => {
@@ -280,22 +292,23 @@ impl EtcdServer {
         }
     }
 
-    async fn forward(&self, leader: u64, id: u64, bytes: Bytes) -> Result<Applied, Status> {
+    /// Forwards a proposal to the leader; `Err(None)` when it was not sent.
+    async fn forward(&self, leader: u64, id: u64, bytes: &Bytes) -> Result<Applied, Option<Status>> {
         let (tx, rx) = oneshot::channel();
         self.waiters.borrow_mut().insert(id, tx);
         let _guard = WaiterGuard(&self.waiters, id);
         self.locate(leader);
-        match self.peers.call(leader, PeerMsg::Propose as u8, &bytes, self.request_timeout()).await {
+        match self.peers.call(leader, PeerMsg::Propose as u8, bytes, self.request_timeout()).await {
             Ok(_) => {}
-            Err(CallError::Remote(m)) if m == error::NOT_LEADER => {
-                return Err(Status::unavailable(error::LEADER_CHANGED));
-            }
-            Err(CallError::Remote(m)) => return Err(peer_service::status_from_remote(&m)),
-            Err(CallError::Timeout(..)) => return Err(error::timeout()),
-            Err(CallError::Unreachable(..)) => return Err(Status::unavailable(error::LEADER_CHANGED)),
+            // The leader refused it before proposing: safe to send again.
+            Err(CallError::Remote(m)) if m == error::NOT_LEADER => return Err(None),
+            Err(CallError::NotSent(..)) => return Err(None),
+            Err(CallError::Remote(m)) => return Err(Some(peer_service::status_from_remote(&m))),
+            Err(CallError::Timeout(..)) => return Err(Some(error::timeout())),
+            Err(CallError::Unreachable(..)) => return Err(Some(Status::unavailable(error::LEADER_CHANGED))),
         }
         // Committed and applied on the leader: wait for the local apply.
-        rx.await.map_err(|_| error::stopped())
+        rx.await.map_err(|_| Some(error::stopped()))
     }
 
     /// Waits until a read here reflects every write acknowledged before the

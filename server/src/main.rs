@@ -70,7 +70,7 @@ fn init_logging(level: &str) {
         .json()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "{level},glommio=warn,openraft=warn"
+            "{level},glommio=warn,openraft=error"
         )))
         .init();
 }
@@ -227,7 +227,7 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
         election_timeout_max: cfg.election_timeout * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         // etcd keeps 5,000 entries behind a snapshot for slow followers.
-        max_in_snapshot_log_to_keep: 5000,
+        max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
         ..Default::default()
     };
     c.validate()
@@ -458,8 +458,14 @@ async fn serve_member(
         .detach();
     }
     tracing::info!("ready to serve client requests");
+    let mut removed = false;
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
+        if !srv.members().iter().any(|m| m.id == srv.member_id) {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            removed = true;
+            break;
+        }
     }
     tracing::info!("received a signal; shutting down");
     drop(srv);
@@ -474,5 +480,8 @@ async fn serve_member(
         .await
         .map_err(|e| format!("closing the WAL: {e}"))?;
     tracing::info!("stopped");
+    if removed {
+        return Err("the member has been permanently removed from the cluster".into());
+    }
     Ok(())
 }

@@ -44,6 +44,9 @@ pub enum CallError {
     Remote(String),
     #[error("peer {0:x} did not answer within {1:?}")]
     Timeout(u64, Duration),
+    /// No connection to the peer: the request was certainly not sent.
+    #[error("peer {0:x} unreachable: {1}")]
+    NotSent(u64, String),
 }
 
 /// Who this member is on the peer network.
@@ -291,7 +294,10 @@ impl Peers {
     /// Sends a request of type `ty` to member `to` and waits (at most
     /// `timeout`) for its answer.
     pub async fn call(&self, to: u64, ty: u8, payload: &[u8], timeout: Duration) -> Result<Bytes, CallError> {
-        let conn = self.conn(to).await?;
+        let conn = self.conn(to).await.map_err(|e| match e {
+            CallError::Unreachable(id, m) => CallError::NotSent(id, m),
+            e => e,
+        })?;
         let id = conn.next_id.get();
         conn.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();

@@ -77,14 +77,14 @@ pub struct PeerNetwork<S> {
 
 fn rpc_err(e: CallError) -> RPCError<TypeConfig> {
     match e {
-        CallError::Unreachable(..) => RPCError::Unreachable(Unreachable::from_string(e)),
+        CallError::Unreachable(..) | CallError::NotSent(..) => RPCError::Unreachable(Unreachable::from_string(e)),
         CallError::Timeout(..) | CallError::Remote(_) => RPCError::Network(NetworkError::from_string(e)),
     }
 }
 
 fn stream_err(e: CallError) -> StreamingError<TypeConfig> {
     match e {
-        CallError::Unreachable(..) => StreamingError::Unreachable(Unreachable::from_string(e)),
+        CallError::Unreachable(..) | CallError::NotSent(..) => StreamingError::Unreachable(Unreachable::from_string(e)),
         CallError::Timeout(..) | CallError::Remote(_) => StreamingError::Network(NetworkError::from_string(e)),
     }
 }
@@ -124,9 +124,14 @@ impl<S: 'static> RaftNetworkV2<TypeConfig> for PeerNetwork<S> {
         Box::pin(async move {
             let urls = peers.urls(target).unwrap_or_default();
             let addr = client::resolve(&urls).map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-            let stream = client::connect(&peers.cfg, addr, wire::KIND_STREAM, target)
-                .await
-                .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+            let stream = match client::connect(&peers.cfg, addr, wire::KIND_STREAM, target).await {
+                Ok(s) => s,
+                Err(e) => {
+                    // openraft retries at once: pace reconnects to a down peer.
+                    glommio::timer::sleep(Duration::from_millis(100)).await;
+                    return Err(RPCError::Unreachable(Unreachable::from_string(e)));
+                }
+            };
             let s: BoxStream<'s, _> = Box::pin(append_stream(stream, input, option.hard_ttl()));
             Ok(s)
         })

@@ -223,6 +223,10 @@ async fn handle_request<SM: RaftStateMachine<TypeConfig> + 'static>(
     f: Frame,
 ) -> Result<Bytes, String> {
     let e = |e: wire::WireError| e.to_string();
+    if f.ty < Msg::APP_FIRST && !is_member(&srv.raft, from) {
+        // A removed member must not disturb the cluster with its elections.
+        return Err(format!("member {from:x} is not in the cluster (removed?)"));
+    }
     match f.ty {
         Msg::VOTE => {
             let req = wire::decode_vote_request(&f.payload).map_err(e)?;
@@ -261,6 +265,15 @@ async fn handle_request<SM: RaftStateMachine<TypeConfig> + 'static>(
         t if t >= Msg::APP_FIRST => srv.app.handle(from, t, f.payload).await,
         t => Err(format!("unknown peer request type {t}")),
     }
+}
+
+/// Whether `id` is in this member's current membership (an uninitialized
+/// member, which knows no membership yet, accepts anyone).
+fn is_member<SM: RaftStateMachine<TypeConfig>>(raft: &Raft<SM>, id: u64) -> bool {
+    use openraft::async_runtime::WatchReceiver;
+    let m = raft.metrics().borrow_watched().membership_config.clone();
+    let mut nodes = m.membership().nodes().peekable();
+    nodes.peek().is_none() || m.membership().get_node(&id).is_some()
 }
 
 async fn serve_stream<SM: RaftStateMachine<TypeConfig> + 'static>(
