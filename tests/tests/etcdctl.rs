@@ -56,7 +56,9 @@ fn member_list_shows_the_member_as_etcd_ids_it() {
     assert_eq!(fields[4], format!("http://127.0.0.1:{}", srv.client_port));
     assert_eq!(fields[5], "false");
     // etcd derives the same member ID from the same peer URL and token
-    // (ironcd does not listen on its peer port yet, so etcd can).
+    // (ironcd is stopped first: both listen on that peer port).
+    let mut srv = srv;
+    assert!(srv.stop(), "clean stop");
     let etcd_dir = Scratch::new("members-etcd");
     let mut etcd = Server::new(Kind::Etcd, etcd_dir.path(), &[]);
     etcd.peer_port = srv.peer_port;
