@@ -5,6 +5,10 @@
 //! The `ironcd` binary is built (`cargo build -p ironcd`, same profile) once
 //! per test process, so the suites always test the current code.
 
+pub mod cluster;
+pub mod linearizability;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

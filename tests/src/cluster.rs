@@ -1,0 +1,1 @@
+//! Harness for clusters of several ironcd or etcd members (being written).
