@@ -461,7 +461,13 @@ async fn serve_member(
     let mut removed = false;
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
-        if !srv.members().iter().any(|m| m.id == srv.member_id) {
+        // Removed: this member applied its removal, or a majority of the
+        // others refuse its raft messages (the leader stops replicating to
+        // a removed member, so it may never apply its removal).
+        let members = srv.members();
+        let others = members.len().saturating_sub(1);
+        let refused_by_majority = others > 0 && srv.peers.refused_count() >= others / 2 + 1;
+        if !members.iter().any(|m| m.id == srv.member_id) || refused_by_majority {
             tracing::warn!("the member has been permanently removed from the cluster");
             removed = true;
             break;

@@ -291,14 +291,20 @@ fn members_are_added_from_a_snapshot_and_removed() {
         assert_eq!(ok(&m.endpoint(), &["get", "from-m3", "--print-value-only"]).trim(), "x");
     }
 
-    // Remove it: the list shrinks everywhere and the cluster goes on.
+    // Remove it: the list shrinks everywhere, the cluster goes on, and the
+    // removed member stops.
     let id = list.lines().find(|l| l.contains(", m3, ")).and_then(|l| l.split(',').next()).unwrap().to_string();
     let out = ok(&ep0, &["member", "remove", &id]);
     assert!(out.contains("removed from cluster"), "{out}");
     assert_eq!(ok(&ms[1].endpoint(), &["member", "list"]).lines().count(), 3);
     ok(&ms[2].endpoint(), &["put", "after-remove", "y"]);
     assert_eq!(ok(&ms[0].endpoint(), &["get", "after-remove", "--print-value-only"]).trim(), "y");
-    m3.kill9();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !m3.exited() {
+        assert!(Instant::now() < deadline, "removed member still running:\n{}", m3.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(m3.log_text().contains("the member has been permanently removed from the cluster"));
     // etcd's errors for bad membership changes.
     let err = ironcd_tests::fails(&ep0, &["member", "remove", "1234"]);
     assert!(err.contains("etcdserver: member not found"), "{err}");
@@ -306,7 +312,25 @@ fn members_are_added_from_a_snapshot_and_removed() {
     assert!(err.contains("etcdserver: Peer URLs already exists"), "{err}");
     let err = ironcd_tests::fails(&ep0, &["member", "promote", &id]);
     assert!(err.contains("etcdserver: member not found"), "{err}");
-    ms.truncate(3);
+
+    // etcd's strict reconfig check: with one of three members down, adding a
+    // voter (quorum 3 of 4) or removing a live voter would lose the quorum.
+    ms[2].kill9();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = etcdctl(&ep0, &["member", "add", "x", "--peer-urls=http://127.0.0.1:9"]);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        if err.contains("etcdserver: re-configuration failed due to not enough started members") {
+            break;
+        }
+        assert!(!out.status.success(), "added a voter without a quorum of started members");
+        assert!(Instant::now() < deadline, "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let live = ok(&ep0, &["member", "list"]);
+    let m1 = live.lines().find(|l| l.contains(", m1, ")).and_then(|l| l.split(',').next()).unwrap().to_string();
+    let err = ironcd_tests::fails(&ep0, &["member", "remove", &m1]);
+    assert!(err.contains("etcdserver: re-configuration failed due to not enough started members"), "{err}");
 }
 
 #[test]

@@ -203,13 +203,16 @@ struct Slot {
 /// Connections to every peer, by member id.
 pub struct Peers {
     pub cfg: PeerConfig,
+    /// Members that refused our raft messages because we are not in their
+    /// membership (we were removed).
+    refused_by: RefCell<std::collections::HashSet<u64>>,
     urls: RefCell<HashMap<u64, Vec<String>>>,
     slots: RefCell<HashMap<u64, Slot>>,
 }
 
 impl Peers {
     pub fn new(cfg: PeerConfig) -> Rc<Peers> {
-        Rc::new(Peers { cfg, urls: RefCell::default(), slots: RefCell::default() })
+        Rc::new(Peers { cfg, refused_by: RefCell::default(), urls: RefCell::default(), slots: RefCell::default() })
     }
 
     /// Records (or updates) where member `id` listens.
@@ -323,9 +326,20 @@ impl Peers {
         }?;
         match f.ty {
             RESP_OK => Ok(f.payload),
-            RESP_ERR => Err(CallError::Remote(String::from_utf8_lossy(&f.payload).into_owned())),
+            RESP_ERR => {
+                let m = String::from_utf8_lossy(&f.payload).into_owned();
+                if m.starts_with(super::server::NOT_A_MEMBER) {
+                    self.refused_by.borrow_mut().insert(to);
+                }
+                Err(CallError::Remote(m))
+            }
             t => Err(CallError::Remote(format!("unexpected response type {t}"))),
         }
+    }
+
+    /// How many members refused us as a non-member (see `refused_by`).
+    pub fn refused_count(&self) -> usize {
+        self.refused_by.borrow().len()
     }
 }
 

@@ -24,6 +24,9 @@ use super::network::{SnapshotSink, SnapshotTransfer};
 use super::wire::{self, Frame, Hello, Msg, RESP_ERR, RESP_OK};
 use crate::types::{Raft, TypeConfig, Vote};
 
+/// How a raft message from a non-member is refused (the sender recognises it).
+pub const NOT_A_MEMBER: &str = "not a member of this cluster";
+
 /// A boxed local future.
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -225,7 +228,7 @@ async fn handle_request<SM: RaftStateMachine<TypeConfig> + 'static>(
     let e = |e: wire::WireError| e.to_string();
     if f.ty < Msg::APP_FIRST && !is_member(&srv.raft, from) {
         // A removed member must not disturb the cluster with its elections.
-        return Err(format!("member {from:x} is not in the cluster (removed?)"));
+        return Err(format!("{NOT_A_MEMBER}: {from:x} (removed?)"));
     }
     match f.ty {
         Msg::VOTE => {

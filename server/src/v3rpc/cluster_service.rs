@@ -28,6 +28,7 @@ pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const BAD_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+pub const NOT_ENOUGH_STARTED: &str = "etcdserver: re-configuration failed due to not enough started members";
 pub const LEARNER_NOT_READY: &str = "etcdserver: can only promote a learner member which is in sync with leader";
 
 #[derive(Clone)]
@@ -99,6 +100,25 @@ impl EtcdServer {
         self.leader() == Some(self.member_id)
     }
 
+    /// Voters the leader heard from within two election timeouts (itself
+    /// included): etcd's "started" members for its strict reconfig check.
+    fn active_voters(&self) -> BTreeSet<u64> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let window = Duration::from_millis(2 * self.cfg.election_timeout);
+        let now = Instant::now();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| {
+                *id == self.member_id
+                    || m.heartbeat.as_ref().and_then(|h| h.get(id).cloned().flatten()).is_some_and(|t| {
+                        let t: Instant = t.into_inner();
+                        now.saturating_duration_since(t) < window
+                    })
+            })
+            .collect()
+    }
+
     fn list_response(&self) -> Vec<pb::Member> {
         self.members()
     }
@@ -119,6 +139,14 @@ impl EtcdServer {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let id = crate::membership::member_id(&r.peer_ur_ls, &self.cfg.initial_cluster_token, Some(now));
+        if !r.is_learner {
+            // etcd's strict reconfig check: the started voters must form a
+            // quorum of the grown cluster (the new member has not started).
+            let voters = existing.iter().filter(|m| !m.is_learner).count() + 1;
+            if self.active_voters().len() < voters / 2 + 1 {
+                return Err(Status::failed_precondition(NOT_ENOUGH_STARTED));
+            }
+        }
         let node = Member { name: String::new(), peer_urls: r.peer_ur_ls.clone(), client_urls: Vec::new() };
         self.raft.add_learner(id, node, false).await.map_err(change_err)?;
         if !r.is_learner {
@@ -148,6 +176,14 @@ impl EtcdServer {
         let Some(m) = self.members().into_iter().find(|m| m.id == r.id) else {
             return Err(Status::not_found(MEMBER_NOT_FOUND));
         };
+        if !m.is_learner {
+            // etcd's check: the started voters left must form a quorum.
+            let left = self.members().iter().filter(|x| !x.is_learner && x.id != r.id).count();
+            let active = self.active_voters().into_iter().filter(|x| *x != r.id).count();
+            if active < left / 2 + 1 {
+                return Err(Status::failed_precondition(NOT_ENOUGH_STARTED));
+            }
+        }
         let change = if m.is_learner {
             ChangeMembers::RemoveNodes(BTreeSet::from([r.id]))
         } else {
