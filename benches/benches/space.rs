@@ -9,7 +9,9 @@
 //! latest versions, their ratio, page counts) and, at the end, where the
 //! pages go per tree, read from the file by its documented format
 //! (`docs/btree.md`). `SPACE_COMPACT_EVERY=n` also compacts to the head
-//! every `n` puts inside a round (etcd's revision-based auto-compaction). Not a criterion bench: `cargo bench -p ironcd-benches
+//! every `n` puts inside a round (etcd's revision-based auto-compaction);
+//! `SPACE_COMPACT_SYNC_EVERY=n` syncs every `n` compaction steps (the server
+//! syncs only when a compaction ends, so the pages it copies stay pinned). Not a criterion bench: `cargo bench -p ironcd-benches
 //! --bench space`. Data in `$IRONCD_BENCH_DIR` or `target/bench-data`.
 //! Figures: `docs/mvcc.md`, "Space".
 
@@ -136,8 +138,9 @@ fn sync(kv: &KvStore<Db>) {
     kv.store().sync().unwrap();
 }
 
-/// Compacts to the head revision and runs the steps to completion.
-fn compact(kv: &KvStore<Db>, index: &mut u64) {
+/// Compacts to the head revision and runs the steps to completion, with a
+/// sync every `sync_steps` steps (0: none until the caller's).
+fn compact(kv: &KvStore<Db>, index: &mut u64, sync_steps: u64) {
     let mut w = kv.write().unwrap();
     let rev = w.revision();
     if rev <= w.compact_revision() {
@@ -146,10 +149,15 @@ fn compact(kv: &KvStore<Db>, index: &mut u64) {
     *index += 1;
     w.compact(*index, &CompactionRequest { revision: rev, physical: false }).unwrap();
     w.commit().unwrap();
+    let mut steps = 0;
     while kv.read().unwrap().compaction_pending() {
         let mut w = kv.write().unwrap();
         w.compact_step(1000).unwrap();
         w.commit().unwrap();
+        steps += 1;
+        if sync_steps > 0 && steps % sync_steps == 0 {
+            sync(kv);
+        }
     }
 }
 
@@ -158,6 +166,7 @@ fn main() {
     let keys = env_u64("SPACE_KEYS", 1_000_000);
     let rounds = env_u64("SPACE_ROUNDS", 10);
     let compact_every = env_u64("SPACE_COMPACT_EVERY", 0);
+    let compact_sync = env_u64("SPACE_COMPACT_SYNC_EVERY", 0);
     let base = std::env::var_os("IRONCD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
@@ -169,7 +178,7 @@ fn main() {
     let kv = KvStore::open(Db::open(&path, DbOptions::default()).unwrap(), Config::default()).unwrap();
     let live = keys * (KEY_LEN + VALUE_LEN) as u64;
     let (mut index, mut unsynced) = (0u64, 0u64);
-    println!("# {keys} keys x ({KEY_LEN} B key + {VALUE_LEN} B value) = {live} live bytes; {rounds} overwrite rounds; compact every {compact_every} puts (0: per round)");
+    println!("# {keys} keys x ({KEY_LEN} B key + {VALUE_LEN} B value) = {live} live bytes; {rounds} overwrite rounds; compact every {compact_every} puts (0: per round), sync every {compact_sync} compaction steps (0: at the end)");
     println!(
         "| round | file bytes | live bytes | file / live | in use / live | high water (pages) | peak high water (pages) | free pages | leaf | branch | round s | compact s |"
     );
@@ -186,7 +195,7 @@ fn main() {
             w.commit().unwrap();
             unsynced += BATCH;
             if compact_every > 0 && round > 0 && (start + BATCH) % compact_every == 0 {
-                compact(&kv, &mut index);
+                compact(&kv, &mut index, compact_sync);
             }
             if unsynced >= SYNC_EVERY {
                 sync(&kv);
@@ -199,7 +208,7 @@ fn main() {
         let t_round = t0.elapsed();
 
         let t1 = Instant::now();
-        compact(&kv, &mut index);
+        compact(&kv, &mut index, compact_sync);
         sync(&kv);
         let t_compact = t1.elapsed();
 
