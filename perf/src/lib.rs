@@ -4,12 +4,14 @@
 //!   `etcd-client` crate over gRPC, reporting as etcd's tool does;
 //! - `ironcd-sideby`: starts real etcd and ironcd on loopback, runs the same
 //!   workloads against each in alternation, writes a Markdown table and SVG
-//!   charts into `perf/results/`.
+//!   charts into `perf/results/`; with `--members N`, N-member clusters of
+//!   each side by side (`cluster`).
 //!
 //! See `docs/perf.md`.
 
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod procs;
 pub mod report;
 pub mod sideby;

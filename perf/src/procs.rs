@@ -78,6 +78,18 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
+/// `n` distinct loopback ports nobody listens on right now.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::with_capacity(n);
+    while out.len() < n {
+        let p = free_port();
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Resident and peak memory of a process, bytes (`VmRSS`, `VmHWM`).
 pub fn mem_of(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -127,6 +139,11 @@ pub struct Server {
     pub child: Option<Child>,
     pub started_at: Instant,
     pub extra_args: Vec<String>,
+    /// Member name (`--name`); `n` for a single member.
+    pub name: String,
+    /// For a member of a cluster: `--initial-cluster` (all members) and the
+    /// cluster token; `None` for a single member (`--initial-cluster n=<own peer URL>`).
+    pub cluster: Option<(String, String)>,
 }
 
 impl Server {
@@ -143,7 +160,51 @@ impl Server {
             child: None,
             started_at: Instant::now(),
             extra_args,
+            name: "n".into(),
+            cluster: None,
         }
+    }
+
+    /// Prepares (does not start) member `name` of a static cluster: data dir
+    /// `dir/<kind>-<name>`, log `dir/<kind>-<name>.log`, the given loopback
+    /// ports, `--initial-cluster <initial_cluster> --initial-cluster-state new
+    /// --initial-cluster-token <token>`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn member(
+        kind: Kind,
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        initial_cluster: &str,
+        token: &str,
+        extra_args: Vec<String>,
+    ) -> Server {
+        Server {
+            kind,
+            bin: bin.to_path_buf(),
+            log: dir.join(format!("{}-{name}.log", kind.name())),
+            data_dir: dir.join(format!("{}-{name}", kind.name())),
+            client_port,
+            peer_port,
+            child: None,
+            started_at: Instant::now(),
+            extra_args,
+            name: name.to_string(),
+            cluster: Some((initial_cluster.to_string(), token.to_string())),
+        }
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    /// The last `n` lines of the server's log (for error messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     pub fn client_url(&self) -> String {
@@ -158,11 +219,11 @@ impl Server {
     pub fn start(&mut self) -> std::io::Result<()> {
         assert!(self.child.is_none(), "already started");
         std::fs::create_dir_all(self.data_dir.parent().expect("parent"))?;
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--name")
-            .arg("n")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--listen-client-urls")
@@ -172,10 +233,21 @@ impl Server {
             .arg("--listen-peer-urls")
             .arg(&peer)
             .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("n={peer}"))
-            .args(&self.extra_args)
+            .arg(&peer);
+        match &self.cluster {
+            None => {
+                cmd.arg("--initial-cluster").arg(format!("{}={peer}", self.name));
+            }
+            Some((initial, token)) => {
+                cmd.arg("--initial-cluster")
+                    .arg(initial)
+                    .arg("--initial-cluster-state")
+                    .arg("new")
+                    .arg("--initial-cluster-token")
+                    .arg(token);
+            }
+        }
+        cmd.args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

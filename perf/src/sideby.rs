@@ -57,6 +57,24 @@ pub struct SideArgs {
     /// Extra flag for ironcd (repeatable), e.g. `--ironcd-arg=--ironcd-cores=2`.
     #[arg(long, allow_hyphen_values = true)]
     pub ironcd_arg: Vec<String>,
+    /// Members per cluster. 1 (default): the single-member suites. N > 1: an
+    /// N-member etcd cluster and an N-member ironcd cluster on loopback, the
+    /// cluster workloads (put, range) spread over all endpoints.
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// Which servers to run (cluster mode), e.g. `--kinds etcd` for etcd alone.
+    #[arg(long, value_delimiter = ',', default_value = "etcd,ironcd")]
+    pub kinds: Vec<String>,
+    /// Cluster mode: bound on the wait for all members to be healthy (one leader, every member answers a
+    /// linearizable read), seconds; a cluster that is not healthy by then is reported as not formed and skipped.
+    #[arg(long, default_value_t = 60.0)]
+    pub cluster_timeout: f64,
+    /// Cluster mode: `--heartbeat-interval` for every member, ms (etcd's default).
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Cluster mode: `--election-timeout` for every member, ms (etcd's default).
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
 }
 
 /// Sizes of one run (quick or full).
@@ -152,14 +170,17 @@ pub struct Results {
     pub machine: BTreeMap<String, String>,
     pub plan: Option<Plan>,
     pub elapsed_s: f64,
+    /// Members per server kind (1: single-member suites).
+    #[serde(default)]
+    pub members: usize,
 }
 
 impl Results {
-    fn add(&mut self, workload: &str, metric: &str, server: Kind, rep: usize, value: f64) {
+    pub(crate) fn add(&mut self, workload: &str, metric: &str, server: Kind, rep: usize, value: f64) {
         self.figures.push(Figure { workload: workload.into(), metric: metric.into(), server, rep, value });
     }
 
-    fn note(&mut self, workload: &str, server: Kind, text: &str) {
+    pub(crate) fn note(&mut self, workload: &str, server: Kind, text: &str) {
         eprintln!("  note: {workload} on {}: {text}", server.name());
         self.notes.insert(format!("{workload} / {}", server.name()), text.to_string());
     }
@@ -180,7 +201,7 @@ impl Results {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
@@ -197,7 +218,7 @@ fn sh(cmd: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine_info(work: &Path, etcd: &Path, ironcd: &Path) -> BTreeMap<String, String> {
+pub(crate) fn machine_info(work: &Path, etcd: &Path, ironcd: &Path) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -279,29 +300,29 @@ fn stop(s: &mut Server) {
     });
 }
 
-struct Env {
-    plan: Plan,
-    ironcd_bin: PathBuf,
-    etcd_bin: PathBuf,
-    run_dir: PathBuf,
-    only: Vec<String>,
-    progress: bool,
-    ironcd_args: Vec<String>,
+pub(crate) struct Env {
+    pub(crate) plan: Plan,
+    pub(crate) ironcd_bin: PathBuf,
+    pub(crate) etcd_bin: PathBuf,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) only: Vec<String>,
+    pub(crate) progress: bool,
+    pub(crate) ironcd_args: Vec<String>,
 }
 
 impl Env {
-    fn wants(&self, name: &str) -> bool {
+    pub(crate) fn wants(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()))
     }
 
-    fn bin(&self, k: Kind) -> &Path {
+    pub(crate) fn bin(&self, k: Kind) -> &Path {
         match k {
             Kind::Etcd => &self.etcd_bin,
             Kind::Ironcd => &self.ironcd_bin,
         }
     }
 
-    fn extra(&self, k: Kind) -> Vec<String> {
+    pub(crate) fn extra(&self, k: Kind) -> Vec<String> {
         match k {
             Kind::Etcd => Vec::new(),
             Kind::Ironcd => self.ironcd_args.clone(),
@@ -315,7 +336,7 @@ impl Env {
 
 /// A closed-loop workload of the latency suite.
 #[derive(Clone)]
-enum Load {
+pub(crate) enum Load {
     Put { clients: usize, conns: usize, total: u64 },
     Range { clients: usize, conns: usize, total: u64, consistency: &'static str },
     Cas { clients: usize, conns: usize, total: u64, keys: usize },
@@ -323,14 +344,19 @@ enum Load {
     WatchLatency { streams: usize, per_stream: usize, puts: u64 },
 }
 
-const RANGE_KEY: &str = "perf/range-key";
+pub(crate) const RANGE_KEY: &str = "perf/range-key";
 
-async fn run_load(env: &Env, url: &str, load: &Load) -> Result<Report, String> {
+/// Runs `load` against `endpoints` (connection `i` to endpoint `i % n`, or
+/// all to the leader with `target_leader`, as `ironcd-bench --endpoints`).
+pub(crate) async fn run_load(env: &Env, endpoints: &[String], target_leader: bool, load: &Load) -> Result<Report, String> {
     let conns_n = match load {
         Load::Put { conns, .. } | Load::Range { conns, .. } | Load::Cas { conns, .. } | Load::Lease { conns, .. } => *conns,
         Load::WatchLatency { streams, .. } => (*streams).clamp(1, 10),
     };
-    let conns = bench::connect(&ConnCfg::new(url, conns_n)).await.map_err(|e| e.to_string())?;
+    let mut cfg = ConnCfg::new(&endpoints[0], conns_n);
+    cfg.endpoints = endpoints.to_vec();
+    cfg.target_leader = target_leader;
+    let conns = bench::connect(&cfg).await.map_err(|e| e.to_string())?;
     let r = match load {
         Load::Put { clients, total, .. } => {
             let a = PutArgs {
@@ -381,7 +407,7 @@ async fn run_load(env: &Env, url: &str, load: &Load) -> Result<Report, String> {
     Ok(r)
 }
 
-fn record_report(res: &mut Results, name: &str, k: Kind, rep: usize, r: &Report) {
+pub(crate) fn record_report(res: &mut Results, name: &str, k: Kind, rep: usize, r: &Report) {
     // watch latency: "requests" are events received, paced by the put rate.
     res.add(name, if name.starts_with("watch latency") { "events/s" } else { "req/s" }, k, rep, r.rps);
     for (p, label) in [(50.0, "p50"), (90.0, "p90"), (99.0, "p99"), (99.9, "p99.9")] {
@@ -483,7 +509,7 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
                 eprintln!("[{:>5.0} s] {name} — {} (rep {})", res_elapsed(), k.name(), rep + 1);
                 let pid = pair.get(k).pid().unwrap_or(0);
                 let cpu0 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
-                let run = run_load(env, &url, load).await;
+                let run = run_load(env, std::slice::from_ref(&url), false, load).await;
                 let cpu1 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
                 match run {
                     Ok(r) if r.unimplemented => {
@@ -566,7 +592,7 @@ async fn watchers_memory(env: &Env, res: &mut Results) -> Result<(), String> {
 }
 
 static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-fn res_elapsed() -> f64 {
+pub(crate) fn res_elapsed() -> f64 {
     T0.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
@@ -721,7 +747,16 @@ fn higher_is_better(metric: &str) -> bool {
 }
 
 /// The goal for a (workload, metric), as (text, predicate on ratio ironcd/etcd).
-fn goal(workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)> {
+fn goal(members: usize, workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)> {
+    if members > 1 {
+        // The cluster goals of the clustering issue (#6): 3-member clusters side by side.
+        return match (workload, metric) {
+            (crate::cluster::PUT_1000, "req/s") => Some(("≥ 2×", |r| r >= 2.0)),
+            (crate::cluster::PUT_1000, "p99 s") => Some(("< 1× (lower p99)", |r| r < 1.0)),
+            (crate::cluster::RANGE_L, "req/s") => Some(("≥ 2×", |r| r >= 2.0)),
+            _ => None,
+        };
+    }
     match (workload, metric) {
         ("put 1000 clients/100 conns", "req/s") => Some(("≥ 3×", |r| r >= 3.0)),
         ("put 1000 clients/100 conns", "p99 s") => Some(("< 1× (lower p99)", |r| r < 1.0)),
@@ -763,15 +798,33 @@ pub fn markdown(res: &Results, quick: bool) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let plan = res.plan.as_ref().expect("plan");
-    let _ = writeln!(s, "# ironcd vs etcd, side by side ({})\n", if quick { "--quick" } else { "full run" });
-    let _ = writeln!(
-        s,
-        "Same machine, loopback, both servers with default durability (fsync on every commit), data dirs on the same \
-         disk under the target dir. The load generator (`ironcd-bench`'s engine, etcd-client over gRPC, tokio) runs on \
-         the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
-         first on odd), except where the reps column says 1. Ratio = ironcd / etcd.\n",
-        plan.reps
-    );
+    if res.members > 1 {
+        let n = res.members;
+        let _ = writeln!(s, "# {n}-member ironcd cluster vs {n}-member etcd cluster, side by side ({})\n", if quick { "--quick" } else { "full run" });
+        let _ = writeln!(
+            s,
+            "Same machine, loopback: {n} members of each, started with etcd's cluster flags (`--initial-cluster` with \
+             all {n}, `--initial-cluster-state new`, `--initial-cluster-token`, same `--heartbeat-interval` and \
+             `--election-timeout`), every member with its default durability (fsync on every commit) and its own data \
+             dir on the same disk. Both clusters stay up for the whole run (the idle one only exchanges heartbeats). \
+             Loads marked *all endpoints* spread their connections over the members (connection i to member i mod {n}, \
+             as `ironcd-bench --endpoints`); *leader* sends everything to the leader (etcd benchmark's \
+             `--target-leader`). The load generator (`ironcd-bench`'s engine) runs on the same cores as the members. \
+             Server CPU per request is summed over the {n} members. Figures are **medians of {} \
+             alternations** (ironcd first on even reps, etcd first on odd). Ratio = ironcd / etcd.\n",
+            plan.reps
+        );
+    } else {
+        let _ = writeln!(s, "# ironcd vs etcd, side by side ({})\n", if quick { "--quick" } else { "full run" });
+        let _ = writeln!(
+            s,
+            "Same machine, loopback, both servers with default durability (fsync on every commit), data dirs on the same \
+             disk under the target dir. The load generator (`ironcd-bench`'s engine, etcd-client over gRPC, tokio) runs on \
+             the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
+             first on odd), except where the reps column says 1. Ratio = ironcd / etcd.\n",
+            plan.reps
+        );
+    }
     let _ = writeln!(
         s,
         "**The machine is shared and noisy**: other engineers compile and test on it during runs, so single figures can \
@@ -801,7 +854,7 @@ pub fn markdown(res: &Results, quick: bool) -> String {
             (Some(e), Some(i)) if e != 0.0 => Some(i / e),
             _ => None,
         };
-        let (gtext, verdict) = match (goal(w, m), ratio) {
+        let (gtext, verdict) = match (goal(res.members, w, m), ratio) {
             (Some((g, pred)), Some(r)) => {
                 let ok = pred(r);
                 let caveat = if w.starts_with("memory after loading") && !w.contains("1M") { " (not at 1M keys)" } else { "" };
@@ -827,13 +880,21 @@ pub fn markdown(res: &Results, quick: bool) -> String {
             let _ = writeln!(s, "- **{k}**: {v}");
         }
     }
-    let _ = writeln!(
-        s,
-        "\n## Charts\n\n![p50 latency](latency-p50.svg)\n![p99 latency](latency-p99.svg)\n\
-         ![put percentiles, 1000 clients](percentiles-put-1000.svg)\n![put percentiles, 1 client](percentiles-put-1.svg)\n\
-         ![put throughput by clients](throughput-put.svg)\n![serializable range throughput by clients](throughput-range.svg)\n\
-         ![memory](memory.svg)\n"
-    );
+    if res.members > 1 {
+        let _ = writeln!(
+            s,
+            "\n## Charts\n\n![p50 latency](latency-p50.svg)\n![p99 latency](latency-p99.svg)\n\
+             ![put percentiles, 1000 clients](percentiles-put-1000.svg)\n"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "\n## Charts\n\n![p50 latency](latency-p50.svg)\n![p99 latency](latency-p99.svg)\n\
+             ![put percentiles, 1000 clients](percentiles-put-1000.svg)\n![put percentiles, 1 client](percentiles-put-1.svg)\n\
+             ![put throughput by clients](throughput-put.svg)\n![serializable range throughput by clients](throughput-range.svg)\n\
+             ![memory](memory.svg)\n"
+        );
+    }
     let _ = writeln!(
         s,
         "Workloads and how figures are computed: [docs/perf.md](../../../docs/perf.md). Raw per-rep figures and full \
@@ -843,6 +904,9 @@ pub fn markdown(res: &Results, quick: bool) -> String {
 }
 
 fn chart_files(res: &Results) -> Vec<(String, String)> {
+    if res.members > 1 {
+        return crate::cluster::chart_files(res);
+    }
     let mut out = Vec::new();
     let lat_workloads = [
         "put 1 client/1 conn",
@@ -936,10 +1000,12 @@ pub async fn run(a: SideArgs) -> Result<PathBuf, String> {
     T0.get_or_init(Instant::now);
     procs::install_signal_handler();
     let target = target_dir();
+    let kinds = crate::cluster::parse_kinds(&a)?;
+    let wants_ironcd = kinds.contains(&Kind::Ironcd);
     let ironcd_bin = match &a.ironcd_bin {
         Some(b) => b.clone(),
         None => {
-            if !a.no_build {
+            if !a.no_build && wants_ironcd {
                 eprintln!("building ironcd: cargo build --release -p ironcd (target dir {})", target.display());
                 let st = tokio::task::block_in_place(|| {
                     std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -956,7 +1022,7 @@ pub async fn run(a: SideArgs) -> Result<PathBuf, String> {
             target.join("release").join("ironcd")
         }
     };
-    if !ironcd_bin.exists() {
+    if wants_ironcd && !ironcd_bin.exists() {
         return Err(format!("no ironcd binary at {} (build it or pass --ironcd-bin)", ironcd_bin.display()));
     }
     let work = a.work_dir.clone().unwrap_or_else(|| target.join("perf-sideby"));
@@ -967,7 +1033,11 @@ pub async fn run(a: SideArgs) -> Result<PathBuf, String> {
     if fs == "tmpfs" {
         eprintln!("warning: {} is on tmpfs: fsync costs nothing there, figures are not representative", run_dir.display());
     }
-    let out = a.out.clone().unwrap_or_else(|| workspace_root().join("perf/results").join(if a.quick { "quick" } else { "full" }));
+    let default_out = match (a.members > 1, a.quick) {
+        (false, q) => (if q { "quick" } else { "full" }).to_string(),
+        (true, q) => format!("cluster{}-{}", a.members, if q { "quick" } else { "full" }),
+    };
+    let out = a.out.clone().unwrap_or_else(|| workspace_root().join("perf/results").join(default_out));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
 
     let env = Env {
@@ -979,8 +1049,61 @@ pub async fn run(a: SideArgs) -> Result<PathBuf, String> {
         progress: a.progress,
         ironcd_args: a.ironcd_arg.clone(),
     };
-    let mut res = Results { plan: Some(env.plan.clone()), machine: machine_info(&run_dir, &a.etcd_bin, &ironcd_bin), ..Default::default() };
+    let mut res = Results {
+        plan: Some(env.plan.clone()),
+        machine: machine_info(&run_dir, &a.etcd_bin, &ironcd_bin),
+        members: a.members.max(1),
+        ..Default::default()
+    };
     eprintln!("ironcd: {}\netcd: {}\ndata: {}\nreport: {}", ironcd_bin.display(), a.etcd_bin.display(), run_dir.display(), out.display());
+
+    if a.members > 1 {
+        let outcome = crate::cluster::suite(&env, &a, &kinds, &mut res).await;
+        procs::stop_all_started();
+        res.machine.insert("load average at end".into(), std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string());
+        res.elapsed_s = t0.elapsed().as_secs_f64();
+        let md = markdown(&res, a.quick);
+        let ran_any = outcome.as_ref().map(|failed| failed.len() < kinds.len()).unwrap_or(false);
+        if ran_any {
+            std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+            std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&res).expect("json")).map_err(|e| e.to_string())?;
+            for (f, body) in chart_files(&res) {
+                std::fs::write(out.join(f), body).map_err(|e| e.to_string())?;
+            }
+            println!("{md}");
+        }
+        let failed_any = !matches!(&outcome, Ok(f) if f.is_empty());
+        if !a.keep && failed_any {
+            // The error messages point at the members' logs: keep those, drop the data dirs.
+            let cdir = run_dir.join("cluster");
+            for e in std::fs::read_dir(&cdir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            eprintln!("kept the members' logs in {} (data dirs removed)", cdir.display());
+        } else if !a.keep {
+            let _ = std::fs::remove_dir_all(&run_dir);
+        }
+        return match outcome {
+            Err(e) => Err(e),
+            Ok(failed) if failed.is_empty() => Ok(out),
+            Ok(failed) if ran_any => Err(format!(
+                "report written to {} without {}: {} (`--kinds {}` runs only what works)",
+                out.display(),
+                failed.iter().map(|(k, _)| k.name()).collect::<Vec<_>>().join(", "),
+                failed.iter().map(|(k, why)| format!("{}: {why}", k.name())).collect::<Vec<_>>().join("; "),
+                kinds.iter().filter(|k| !failed.iter().any(|(f, _)| f == *k)).map(|k| k.name()).collect::<Vec<_>>().join(","),
+            )),
+            Ok(failed) => Err(format!(
+                "no cluster formed, no report written: {}",
+                failed.iter().map(|(k, why)| format!("{}: {why}", k.name())).collect::<Vec<_>>().join("; ")
+            )),
+        };
+    }
+    if kinds.len() != 2 {
+        return Err("--kinds applies to cluster mode (--members N with N > 1); the single-member suites run both".into());
+    }
 
     let r1 = latency_suite(&env, &mut res).await;
     if let Err(e) = &r1 {
