@@ -267,7 +267,7 @@ impl Cluster {
     /// `opts.start_timeout`) until every one passes `endpoint health`.
     /// Panics with the members' logs if they do not.
     pub fn start(kind: Kind, n: usize, dir: &Path, opts: ClusterOpts) -> Cluster {
-        assert!(n >= 1 && n <= 200);
+        assert!((1..=200).contains(&n));
         if kind == Kind::Ironcd {
             ironcd_bin(); // build before any timing starts
         }

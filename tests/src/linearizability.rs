@@ -305,7 +305,7 @@ fn check_key(events: &[&Event], steps_left: &mut u64, deadline: Instant) -> KeyR
             return KeyResult::Ok;
         }
         steps += 1;
-        if *steps_left == 0 || (steps % 4096 == 0 && Instant::now() > deadline) {
+        if *steps_left == 0 || (steps.is_multiple_of(4096) && Instant::now() > deadline) {
             return KeyResult::Inconclusive(steps);
         }
         *steps_left -= 1;
