@@ -100,11 +100,12 @@ impl EtcdServer {
         self.leader() == Some(self.member_id)
     }
 
-    /// Voters the leader heard from within two election timeouts (itself
-    /// included): etcd's "started" members for its strict reconfig check.
+    /// Voters that acked the leader's heartbeat within an election timeout
+    /// (itself included): etcd's "started" members for its strict reconfig
+    /// check.
     fn active_voters(&self) -> BTreeSet<u64> {
         let m = self.raft.metrics().borrow_watched().clone();
-        let window = Duration::from_millis(2 * self.cfg.election_timeout);
+        let window = Duration::from_millis(self.cfg.election_timeout.max(3 * self.cfg.heartbeat_interval));
         let now = Instant::now();
         m.membership_config
             .membership()
