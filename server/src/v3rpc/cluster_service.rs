@@ -151,10 +151,15 @@ impl EtcdServer {
         let node = Member { name: String::new(), peer_urls: r.peer_ur_ls.clone(), client_urls: Vec::new() };
         self.raft.add_learner(id, node, false).await.map_err(change_err)?;
         if !r.is_learner {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                .await
-                .map_err(change_err)?;
+            let voter = self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true).await;
+            if let Err(e) = voter {
+                // Keep `member add` all or nothing: drop the learner again.
+                let undo = self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await;
+                if let Err(u) = undo {
+                    tracing::warn!(member = %format!("{id:x}"), error = %u, "could not undo a failed member add");
+                }
+                return Err(change_err(e));
+            }
         }
         tracing::info!(member = %format!("{id:x}"), peer_urls = ?r.peer_ur_ls, learner = r.is_learner, "added member");
         Ok(pb::MemberAddResponse {
