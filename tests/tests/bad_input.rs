@@ -132,3 +132,58 @@ fn invalid_requests_through_a_client_library() {
         assert_eq!(r.header().unwrap().revision(), 2, "nothing but the one put changed the revision");
     });
 }
+
+/// The peer port refuses what is not an ironcd member of this cluster —
+/// garbage, HTTP, a handshake with another cluster's ID, a frame with a bad
+/// checksum — with a log line, and the member carries on.
+#[test]
+fn the_peer_port_refuses_garbage_and_foreign_clusters() {
+
+    let dir = Scratch::new("peer-garbage");
+    let srv = Server::ironcd(dir.path());
+    let ep = srv.endpoint();
+    ok(&ep, &["put", "k", "v"]);
+    let peer = format!("127.0.0.1:{}", srv.peer_port);
+    let send = |bytes: &[u8]| -> Vec<u8> {
+        let mut s = TcpStream::connect(&peer).expect("connect to the peer port");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    // Not the protocol at all.
+    send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    send(&[0xFF; 4096]);
+    // A handshake from another cluster: refused with a reason.
+    let hello = |cluster: u64| {
+        let mut h = b"ironcdP1".to_vec();
+        h.push(1);
+        h.extend_from_slice(&cluster.to_le_bytes());
+        h.extend_from_slice(&42u64.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes());
+        h
+    };
+    let answer = send(&hello(0x1234_5678));
+    assert_eq!(answer.first(), Some(&1), "refused: {answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("cluster ID mismatch"), "{}", String::from_utf8_lossy(&answer));
+    // The right cluster (0 = not known yet) but a frame with a bad checksum
+    // and an absurd length.
+    let mut bytes = hello(0);
+    bytes.extend_from_slice(&20u32.to_le_bytes());
+    bytes.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
+    bytes.extend_from_slice(&[7u8; 20]);
+    let answer = send(&bytes);
+    assert_eq!(answer.first(), Some(&0), "handshake accepted before the bad frame");
+    let mut bytes = hello(0);
+    bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 4]);
+    send(&bytes);
+    // The member is fine and logged what it refused.
+    assert_eq!(ok(&ep, &["get", "k", "--print-value-only"]).trim(), "v");
+    ok(&ep, &["put", "k2", "v2"]);
+    let log = srv.log_text();
+    for needle in ["not an ironcd peer", "cluster ID mismatch", "frame checksum mismatch", "out of range"] {
+        assert!(log.contains(needle), "no log line with {needle:?}:\n{log}");
+    }
+}
