@@ -119,18 +119,19 @@ impl EtcdServer {
         }
     }
 
-    /// Calls the leader with one of the server's peer requests.
-    pub async fn call_leader(&self, msg: PeerMsg, payload: &[u8]) -> Result<Bytes, Status> {
+    /// Calls the leader with one of the server's peer requests; `Ok(None)`
+    /// when this member is (or just became) the leader: serve it locally.
+    pub async fn call_leader(&self, msg: PeerMsg, payload: &[u8]) -> Result<Option<Bytes>, Status> {
         let deadline = std::time::Instant::now() + self.request_timeout();
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader == self.member_id {
-                return Err(Status::failed_precondition(error::NOT_LEADER));
+                return Ok(None);
             }
             self.locate(leader);
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.peers.call(leader, msg as u8, payload, left).await {
-                Ok(b) => return Ok(b),
+                Ok(b) => return Ok(Some(b)),
                 Err(CallError::Remote(m)) if m == error::NOT_LEADER => {}
                 Err(CallError::Remote(m)) => return Err(peer_service::status_from_remote(&m)),
                 Err(CallError::Timeout(..)) => return Err(error::timeout()),
@@ -365,10 +366,7 @@ impl EtcdServer {
     /// One read index: from openraft on the leader (leadership confirmed by
     /// a quorum), from the leader over the peer transport on a follower.
     pub async fn obtain_read_index(&self) -> Result<u64, Status> {
-        let deadline = std::time::Instant::now() + self.request_timeout();
-        let leader = self.wait_leader(deadline).await?;
-        if leader != self.member_id {
-            let b = self.call_leader(PeerMsg::ReadIndex, &[]).await?;
+        if let Some(b) = self.call_leader(PeerMsg::ReadIndex, &[]).await? {
             return b
                 .get(..8)
                 .map(|x| u64::from_le_bytes(x.try_into().unwrap_or_default()))

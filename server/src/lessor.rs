@@ -488,8 +488,9 @@ impl EtcdServer {
     /// when the lease does not exist.
     pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>, Status> {
         if self.leader().is_some_and(|l| l != self.member_id) {
-            let b = self.call_leader(crate::peer_service::PeerMsg::LeaseRenew, &id.to_le_bytes()).await?;
-            return Ok(b.get(..8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or_default())));
+            if let Some(b) = self.call_leader(crate::peer_service::PeerMsg::LeaseRenew, &id.to_le_bytes()).await? {
+                return Ok(b.get(..8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or_default())));
+            }
         }
         self.lease_renew_local(id).await
     }
@@ -508,13 +509,14 @@ impl EtcdServer {
     /// asked over the peer transport on a follower), `None` for an unknown lease.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
         if self.leader().is_some_and(|l| l != self.member_id) {
-            let b = self.call_leader(crate::peer_service::PeerMsg::LeaseTimeToLive, &id.to_le_bytes()).await?;
-            if b.len() < 16 {
-                return Ok(None);
+            if let Some(b) = self.call_leader(crate::peer_service::PeerMsg::LeaseTimeToLive, &id.to_le_bytes()).await? {
+                if b.len() < 16 {
+                    return Ok(None);
+                }
+                let g = i64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                let r = i64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
+                return Ok(Some((g, r)));
             }
-            let g = i64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-            let r = i64::from_le_bytes(b[8..16].try_into().unwrap_or_default());
-            return Ok(Some((g, r)));
         }
         self.lease_time_to_live_local(id).await
     }

@@ -202,3 +202,43 @@ fn five_members_keep_going_without_two() {
         assert_eq!(keys(&c.member(i).endpoint(), "five/").len(), 6, "m{i}");
     }
 }
+
+#[test]
+fn move_leader_transfers_leadership_and_leases_expire_on_the_new_leader() {
+    let dir = Scratch::new("cluster-move");
+    let mut c = start_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&c);
+    let target = (leader + 1) % 3;
+    let target_id = c.member_id(target).expect("target id");
+    // Only the leader moves leadership (etcdctl finds it among the endpoints).
+    let out = ok(&c.endpoints_csv(), &["move-leader", &format!("{target_id:x}")]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.leader_now() != Some(target) {
+        assert!(Instant::now() < deadline, "leadership did not move to m{target}:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A lease granted through a follower, attached to a key; the leader
+    // that holds it dies; the next leader expires it (no keep-alive) and
+    // revokes it through the log, on every member.
+    let follower = c.member((target + 1) % 3).endpoint();
+    let granted = ok(&follower, &["lease", "grant", "3"]);
+    let id = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    ok(&follower, &["put", "--lease", &id, "ephemeral", "v"]);
+    c.kill9(target);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gone = (0..3)
+            .filter(|i| *i != target)
+            .all(|i| keys(&c.member(i).endpoint(), "ephemeral").is_empty());
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lease did not expire after the leader died:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // etcd answers TimeToLive of an unknown lease with TTL -1.
+    let ttl = ok(&follower, &["lease", "timetolive", &id]);
+    assert!(ttl.contains("already expired"), "{ttl}");
+}

@@ -262,13 +262,10 @@ impl EtcdServer {
         req: Q,
         local: impl std::future::Future<Output = Result<R, Status>>,
     ) -> Result<R, Status> {
-        let deadline = Instant::now() + self.request_timeout();
-        let leader = self.wait_leader(deadline).await?;
-        if leader == self.member_id {
-            return local.await;
+        match self.call_leader(msg, &req.encode_to_vec()).await? {
+            None => local.await,
+            Some(b) => R::decode(b).map_err(|e| Status::internal(format!("malformed answer from the leader: {e}"))),
         }
-        let b = self.call_leader(msg, &req.encode_to_vec()).await?;
-        R::decode(b).map_err(|e| Status::internal(format!("malformed answer from the leader: {e}")))
     }
 }
 
