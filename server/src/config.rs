@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
 
+    /// Enable the raft Pre-Vote algorithm to prevent disruption when a node
+    /// that has been partitioned away rejoins the cluster.
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub pre_vote: bool,
+
     /// Raise alarms when backend size exceeds the given quota (0 defaults to 2 GiB).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,

@@ -228,6 +228,7 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         // etcd keeps 5,000 entries behind a snapshot for slow followers.
         max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
+        enable_pre_vote: Some(cfg.pre_vote),
         ..Default::default()
     };
     c.validate()

@@ -253,3 +253,23 @@ fn histories_stay_linearizable_while_members_are_killed_paused_and_partitioned()
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn with_pre_vote_a_rejoining_member_does_not_disturb_the_leader() {
+    let dir = Scratch::new("prevote");
+    let opts = ClusterOpts { proxied: true, extra: vec!["--pre-vote".into()], ..ClusterOpts::default() };
+    let c = Cluster::start(Kind::Ironcd, 3, dir.path(), opts);
+    let leader = c.wait_leader(Duration::from_secs(15)).expect("a leader");
+    let term = c.member(leader).status().expect("leader status").raft_term;
+    // Cut a follower off for several election timeouts: it keeps asking for
+    // pre-votes, which nobody grants, so nobody's term moves.
+    let follower = (leader + 1) % 3;
+    c.isolate(follower);
+    std::thread::sleep(Duration::from_secs(3));
+    c.heal();
+    std::thread::sleep(Duration::from_secs(2));
+    ok(&c.member(follower).endpoint(), &["put", "after-heal", "1"]);
+    assert_eq!(c.leader_now(), Some(leader), "leadership changed:\n{}", c.logs());
+    let now = c.member(leader).status().expect("leader status").raft_term;
+    assert_eq!(now, term, "the leader's term moved from {term} to {now}");
+}
