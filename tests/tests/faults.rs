@@ -9,6 +9,11 @@
 //!   linearizability (`ironcd_tests::linearizability`). The fault schedule
 //!   comes from a seed (printed; `IRONCD_FAULT_SEED=<n>` replays it).
 //!
+//! - members added and the leader removed while clients write: no
+//!   acknowledged write is lost;
+//! - with `--pre-vote`, a member that rejoins after a partition leaves the
+//!   leader alone.
+//!
 //! Every wait and loop is bounded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,4 +277,67 @@ fn with_pre_vote_a_rejoining_member_does_not_disturb_the_leader() {
     assert_eq!(c.leader_now(), Some(leader), "leadership changed:\n{}", c.logs());
     let now = c.member(leader).status().expect("leader status").raft_term;
     assert_eq!(now, term, "the leader's term moved from {term} to {now}");
+}
+
+#[test]
+fn members_join_and_leave_under_load_without_losing_writes() {
+    let dir = Scratch::new("reconfig-load");
+    let mut c = Cluster::start(Kind::Ironcd, 3, dir.path(), ClusterOpts::default());
+    let leader = c.wait_leader(Duration::from_secs(15)).expect("a leader");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    // Writers on the two members that stay.
+    let stay: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let ep = c.member(stay[w % 2]).endpoint();
+            let (stop, acked) = (stop.clone(), acked.clone());
+            rt.spawn(async move {
+                let opts = ConnectOptions::new().with_timeout(OP_TIMEOUT);
+                let Ok(mut client) = Client::connect([ep], Some(opts)).await else { return };
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                    n += 1;
+                    let k = format!("load/{w}/{n}");
+                    if let Ok(Ok(_)) = tokio::time::timeout(OP_TIMEOUT, client.put(k.clone(), "v", None)).await {
+                        acked.lock().expect("acked").push(k);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A new member joins (catching up while writes go on), then the leader
+    // itself is removed.
+    let n = c.add_member("m3");
+    let leader_id = c.member_id(leader).expect("leader id");
+    ok(&c.member(stay[0]).endpoint(), &["member", "remove", &format!("{leader_id:x}")]);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in writers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    });
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= 50, "too few writes went through: {}", acked.len());
+    // Every acknowledged write is on every remaining member.
+    for i in [stay[0], stay[1], n] {
+        let ep = c.member(i).endpoint();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = ok(&ep, &["get", "--prefix", "load/", "--keys-only"]);
+            let have: std::collections::HashSet<&str> = got.lines().filter(|l| !l.is_empty()).collect();
+            let missing = acked.iter().filter(|k| !have.contains(k.as_str())).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "m{i} lacks {missing} of {} acknowledged writes", acked.len());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let list = ok(&c.member(n).endpoint(), &["member", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(!list.contains(&format!("{leader_id:x}")), "{list}");
 }
