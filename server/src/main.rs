@@ -446,7 +446,8 @@ async fn serve_member(
             }
         }
     }
-    let routes = v3rpc::routes(srv.clone(), hub.clone());
+    let learner = Arc::new(AtomicBool::new(srv.is_learner()));
+    let routes = v3rpc::LearnerGuard { routes: v3rpc::routes(srv.clone(), hub.clone()), learner: learner.clone() };
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");
         let l = transport::into_glommio(l);
@@ -465,6 +466,7 @@ async fn serve_member(
         // Removed: this member applied its removal, or a majority of the
         // others refuse its raft messages (the leader stops replicating to
         // a removed member, so it may never apply its removal).
+        learner.store(srv.is_learner(), Ordering::Relaxed);
         let members = srv.members();
         let others = members.len().saturating_sub(1);
         let refused_by_majority = others > 0 && srv.peers.refused_count() >= others / 2 + 1;

@@ -118,7 +118,7 @@ pub fn into_glommio(listener: StdListener) -> TcpListener {
 
 /// Accepts connections forever, serving each with `routes` (gRPC over
 /// HTTP/2, HTTP/1.1 for the rest) on the current executor.
-pub async fn serve(listener: TcpListener, routes: tonic::service::Routes) -> io::Result<()> {
+pub async fn serve(listener: TcpListener, routes: crate::v3rpc::LearnerGuard) -> io::Result<()> {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,

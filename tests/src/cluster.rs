@@ -408,10 +408,16 @@ impl Cluster {
     /// and the given `--initial-cluster` (as `etcdctl member add` printed
     /// it, after the caller added it); waits until healthy (bounded).
     pub fn start_existing(&mut self, i: usize, initial_cluster: &str) -> bool {
-        self.set_args(i, initial_cluster, "existing");
-        self.members[i].spawn();
+        self.spawn_existing(i, initial_cluster);
         let t = self.opts.start_timeout;
         self.members[i].wait_healthy(t)
+    }
+
+    /// [`Cluster::start_existing`] without waiting (a learner never passes
+    /// `endpoint health`: it refuses linearizable reads, as etcd's does).
+    pub fn spawn_existing(&mut self, i: usize, initial_cluster: &str) {
+        self.set_args(i, initial_cluster, "existing");
+        self.members[i].spawn();
     }
 
     /// Adds a member the etcd way: a new slot, `etcdctl member add` on a

@@ -281,3 +281,68 @@ fn the_log_is_purged_behind_snapshots_so_the_wal_stays_bounded() {
     }
     assert_eq!(keys(&ep, "purge/").len(), 100);
 }
+
+#[test]
+fn learners_are_promoted_once_caught_up() {
+    let dir = Scratch::new("cluster-learner");
+    let mut c = start_cluster(dir.path(), 3, &[]);
+    let ep0 = c.member(0).endpoint();
+    for i in 0..30 {
+        ok(&ep0, &["put", &format!("l/{i}"), "v"]);
+    }
+    let n = c.new_member_slot("m3");
+    let peer = c.member(n).peer_url();
+    let added = ok(&ep0, &["member", "add", "m3", "--learner", &format!("--peer-urls={peer}")]);
+    assert!(added.contains("added to cluster"), "{added}");
+    let list = ok(&ep0, &["member", "list"]);
+    let line = list.lines().find(|l| l.contains(&peer)).unwrap_or_else(|| panic!("{list}"));
+    assert!(line.ends_with(", true"), "a learner: {line}");
+    let id = line.split(',').next().unwrap().to_string();
+    // Not started yet: nothing replicated, so promotion is refused.
+    let err = ironcd_tests::fails(&ep0, &["member", "promote", &id]);
+    assert!(err.contains("can only promote a learner member which is in sync with leader"), "{err}");
+    let initial = added
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("ETCD_INITIAL_CLUSTER")
+        .to_string();
+    c.spawn_existing(n, &initial);
+    // Like etcd 3.4, a learner serves only Status and serializable reads.
+    let lep = c.member(n).endpoint();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = etcdctl(&lep, &["get", "--prefix", "l/", "--keys-only", "--consistency=s", "--command-timeout=2s"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.lines().filter(|l| !l.is_empty()).count() == 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the learner did not catch up: {text}\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for args in [&["put", "x", "y"][..], &["get", "l/1"][..], &["lease", "grant", "10"][..]] {
+        let err = ironcd_tests::fails(&lep, args);
+        assert!(err.contains("etcdserver: rpc not supported for learner"), "{args:?}: {err}");
+    }
+    let st = ok(&lep, &["endpoint", "status", "-w", "json"]);
+    assert!(st.contains("\"isLearner\":true"), "{st}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = etcdctl(&ep0, &["member", "promote", &id]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = ok(&ep0, &["member", "list"]);
+    assert!(list.lines().all(|l| l.ends_with(", false")), "all voters now: {list}");
+    // A voter now: it takes writes (the learner flag follows the membership).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !etcdctl(&lep, &["put", "promoted", "1"]).status.success() {
+        assert!(Instant::now() < deadline, "the promoted member still refuses writes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = ironcd_tests::fails(&ep0, &["member", "promote", &id]);
+    assert!(err.contains("can only promote a learner member"), "{err}");
+}

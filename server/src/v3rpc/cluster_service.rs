@@ -96,6 +96,12 @@ impl EtcdServer {
         }
     }
 
+    /// Whether this member is a learner in the membership in force.
+    pub fn is_learner(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().membership_config.clone();
+        m.membership().get_node(&self.member_id).is_some() && !m.membership().voter_ids().any(|v| v == self.member_id)
+    }
+
     fn leads(&self) -> bool {
         self.leader() == Some(self.member_id)
     }

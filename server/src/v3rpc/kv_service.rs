@@ -55,6 +55,9 @@ impl EtcdServer {
         let r = convert::range_req(r)?;
         validate::check_range_request(&r).map_err(error::mvcc)?;
         if !r.serializable {
+            if self.is_learner() {
+                return Err(Status::unavailable(super::NOT_FOR_LEARNER));
+            }
             self.linearize().await?;
         }
         let resp = self.reader()?.range(&r).map_err(error::mvcc)?;

@@ -61,7 +61,7 @@ impl EtcdServer {
             raft_applied_index: m.last_applied.map_or(0, |l| l.index),
             errors: alarm::list(self.reader()?.view()).iter().map(alarm::describe).collect(),
             db_size_in_use: (stats.high_water.saturating_sub(free) * PAGE_SIZE as u64) as i64,
-            is_learner: false,
+            is_learner: self.is_learner(),
         })
     }
 

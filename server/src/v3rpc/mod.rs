@@ -8,8 +8,14 @@ mod lease_service;
 mod maintenance_service;
 mod watch_service;
 
+use std::convert::Infallible;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::future::Either;
+use tonic::codegen::Service;
 use tonic::service::Routes;
 
 use crate::etcd_server::EtcdServer;
@@ -64,4 +70,43 @@ pub fn routes(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> Routes {
     .add_service(AuthServer::new(NotYet))
     .add_service(LockServer::new(NotYet))
     .add_service(ElectionServer::new(NotYet))
+}
+
+/// etcd 3.4's answer to a learner asked for anything but `Status` or a
+/// serializable `Range`.
+pub const NOT_FOR_LEARNER: &str = "etcdserver: rpc not supported for learner";
+
+/// The router behind etcd's learner check: while this member is a learner
+/// (`learner`, kept current by the server), every RPC except
+/// `Maintenance/Status` and `KV/Range` answers [`NOT_FOR_LEARNER`]; `Range`
+/// itself refuses linearizable reads on a learner (`kv_service.rs`).
+#[derive(Clone)]
+pub struct LearnerGuard {
+    pub routes: Routes,
+    pub learner: Arc<AtomicBool>,
+}
+
+impl<B> Service<http::Request<B>> for LearnerGuard
+where
+    Routes: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Either<
+        std::future::Ready<Result<Self::Response, Infallible>>,
+        <Routes as Service<http::Request<B>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<B>>::poll_ready(&mut self.routes, cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let allowed = path == "/etcdserverpb.KV/Range" || path == "/etcdserverpb.Maintenance/Status";
+        if self.learner.load(Ordering::Relaxed) && !allowed {
+            return Either::Left(std::future::ready(Ok(tonic::Status::unavailable(NOT_FOR_LEARNER).into_http())));
+        }
+        Either::Right(self.routes.call(req))
+    }
 }
