@@ -473,6 +473,9 @@ async fn serve_member(
         if !members.iter().any(|m| m.id == srv.member_id) || refused_by_majority {
             tracing::warn!("the member has been permanently removed from the cluster");
             removed = true;
+            // Let the answers in flight (e.g. the `member remove` that
+            // removed this member) go out first.
+            glommio::timer::sleep(Duration::from_secs(1)).await;
             break;
         }
     }

@@ -346,3 +346,37 @@ fn learners_are_promoted_once_caught_up() {
     let err = ironcd_tests::fails(&ep0, &["member", "promote", &id]);
     assert!(err.contains("can only promote a learner member"), "{err}");
 }
+
+#[test]
+fn member_update_changes_where_peers_connect() {
+    let dir = Scratch::new("cluster-update");
+    let c = start_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&c);
+    let f = (leader + 1) % 3;
+    let ep = c.member(leader).endpoint();
+    let id = format!("{:x}", c.member_id(f).expect("id"));
+    let real = c.member(f).peer_url();
+    // Point the follower's peer URL somewhere nothing listens: the list
+    // shows it, the cluster (2 of 3) keeps taking writes, the follower
+    // falls behind.
+    let nowhere = format!("http://127.0.0.1:{}", ironcd_tests::free_port());
+    let out = ok(&ep, &["member", "update", &id, &format!("--peer-urls={nowhere}")]);
+    assert!(out.contains("updated in cluster"), "{out}");
+    let list = ok(&ep, &["member", "list"]);
+    assert!(list.contains(&nowhere), "{list}");
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep, &["put", "while-away", "1"]);
+    // Back to the real URL: the follower is reached again and catches up.
+    ok(&ep, &["member", "update", &id, &format!("--peer-urls={real}")]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = etcdctl(&c.member(f).endpoint(), &["get", "while-away", "--consistency=s", "--print-value-only"]);
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the follower did not catch up after the update:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = ironcd_tests::fails(&ep, &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]);
+    assert!(err.contains("etcdserver: member not found"), "{err}");
+}
