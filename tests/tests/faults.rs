@@ -14,7 +14,8 @@
 //! - with `--pre-vote`, a member that rejoins after a partition leaves the
 //!   leader alone.
 //!
-//! Every wait and loop is bounded.
+//! Every wait and loop is bounded. `IRONCD_TEST_DEBUG_LOGS=1` starts the
+//! members with `--log-level debug`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use ironcd_tests::linearizability::{check, Budget, Event, Op, Outcome};
 use ironcd_tests::{etcdctl, ok, Kind, Scratch};
 
 fn proxied() -> ClusterOpts {
-    ClusterOpts { proxied: true, ..ClusterOpts::default() }
+    ClusterOpts { proxied: true, extra: std::env::var("IRONCD_TEST_DEBUG_LOGS").map(|_| vec!["--log-level".to_string(), "debug".to_string()]).unwrap_or_default(), ..ClusterOpts::default() }
 }
 
 /// `put` on `ep` with a short client timeout; whether it succeeded.

@@ -200,6 +200,17 @@ struct Slot {
     last_error: String,
 }
 
+/// Clears a slot's `connecting` flag when dropped.
+struct Connecting<'a>(&'a Peers, u64);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.slots.borrow_mut().get_mut(&self.1) {
+            slot.connecting = false;
+        }
+    }
+}
+
 /// Connections to every peer, by member id.
 pub struct Peers {
     pub cfg: PeerConfig,
@@ -264,6 +275,10 @@ impl Peers {
             // Someone else is connecting: wait for them.
             glommio::timer::sleep(Duration::from_millis(2)).await;
         }
+        // The caller may be cancelled (timed out) while connecting: the
+        // guard clears `connecting` however this ends, or the peer would
+        // stay "being connected" forever.
+        let _guard = Connecting(self, to);
         let urls = self.urls(to).unwrap_or_default();
         let res = match resolve(&urls) {
             Ok(addr) => connect(&self.cfg, addr, wire::KIND_RPC, to).await,
@@ -273,7 +288,6 @@ impl Peers {
         let Some(slot) = slots.get_mut(&to) else {
             return Err(CallError::Unreachable(to, "member removed".into()));
         };
-        slot.connecting = false;
         match res {
             Ok(stream) => {
                 let c = Rc::new(Conn::open(stream, to));
