@@ -380,3 +380,59 @@ fn member_update_changes_where_peers_connect() {
     let err = ironcd_tests::fails(&ep, &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]);
     assert!(err.contains("etcdserver: member not found"), "{err}");
 }
+
+/// `member list` lines as (id, name, peer URLs), sorted.
+fn member_lines(ep: &str) -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = ok(ep, &["member", "list"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (f[0].to_string(), f[2].to_string(), f[3].to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn member_and_cluster_ids_match_etcds_for_the_same_flags() {
+    let dir = Scratch::new("cluster-ids");
+    let mut c = start_cluster(dir.path(), 3, &[]);
+    let ours = member_lines(&c.member(0).endpoint());
+    let status = ok(&c.member(0).endpoint(), &["endpoint", "status", "-w", "json"]);
+    let our_cluster = json_u64(&status, "cluster_id").expect("cluster id");
+    for i in 0..3 {
+        assert!(c.stop(i), "clean stop of m{i}");
+    }
+    // Real etcd members with exactly the same flags (own data dirs).
+    let mut etcds: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            let mut args = c.member(i).args.clone();
+            let d = args.iter().position(|a| a == "--data-dir").expect("--data-dir") + 1;
+            args[d] = dir.path().join(format!("etcd-m{i}")).display().to_string();
+            let log = std::fs::File::create(dir.path().join(format!("etcd-m{i}.log"))).expect("log");
+            std::process::Command::new("etcd")
+                .args(&args)
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start etcd")
+        })
+        .collect();
+    let ep = c.member(0).endpoint();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcdctl(&ep, &["endpoint", "health", "--command-timeout=2s"]).status.success() {
+        assert!(Instant::now() < deadline, "etcd cluster did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let theirs = member_lines(&ep);
+    let status = ok(&ep, &["endpoint", "status", "-w", "json"]);
+    let their_cluster = json_u64(&status, "cluster_id").expect("cluster id");
+    for e in &mut etcds {
+        let _ = e.kill();
+        let _ = e.wait();
+    }
+    assert_eq!(ours, theirs, "member IDs, names and peer URLs");
+    assert_eq!(our_cluster, their_cluster, "cluster ID");
+}
