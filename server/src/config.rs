@@ -160,6 +160,11 @@ pub struct Config {
     #[arg(long = "ironcd-snapshot-catchup-entries", env = "IRONCD_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub snapshot_catchup_entries: u64,
 
+    /// Fault injection for tests: milliseconds added to every WAL sync once
+    /// the process receives SIGUSR1 (a disk that turns slow). 0 in production.
+    #[arg(long = "ironcd-fault-wal-sync-delay-ms", env = "IRONCD_FAULT_WAL_SYNC_DELAY_MS", default_value_t = 0, hide = true)]
+    pub fault_wal_sync_delay_ms: u64,
+
     /// Size of each WAL segment file in bytes.
     #[arg(long = "ironcd-wal-segment-bytes", env = "IRONCD_WAL_SEGMENT_BYTES", default_value_t = 64 << 20)]
     pub wal_segment_bytes: u64,

@@ -295,6 +295,14 @@ async fn serve_member(
         .map_err(|e| format!("creating {}: {e}", member_dir.display()))?;
     let wal_opts = WalOptions {
         segment_size: cfg.wal_segment_bytes,
+        sync_delay: Duration::from_millis(cfg.fault_wal_sync_delay_ms),
+        sync_delay_armed: (cfg.fault_wal_sync_delay_ms > 0).then(|| {
+            let armed = Arc::new(AtomicBool::new(false));
+            if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, armed.clone()) {
+                tracing::warn!(error = %e, "cannot arm the WAL sync delay fault");
+            }
+            armed
+        }),
         ..WalOptions::default()
     };
     let log_store = LogStore::open_dir(cfg.wal_dir(), wal_opts)

@@ -7,12 +7,14 @@
 //! - a concurrent workload through a real client library while members are
 //!   killed, paused and partitioned, its history checked for
 //!   linearizability (`ironcd_tests::linearizability`). The fault schedule
-//!   comes from a seed (printed; `IRONCD_FAULT_SEED=<n>` replays it).
-//!
+//!   comes from a seed (printed; `IRONCD_FAULT_SEED=<n>` replays it);
 //! - members added and the leader removed while clients write: no
 //!   acknowledged write is lost;
 //! - with `--pre-vote`, a member that rejoins after a partition leaves the
-//!   leader alone.
+//!   leader alone;
+//! - a leader whose disk turns slower than the election timeout (the hidden
+//!   `--ironcd-fault-wal-sync-delay-ms`, armed by SIGUSR1) keeps its
+//!   leadership: heartbeats never wait for the disk.
 //!
 //! Every wait and loop is bounded. `IRONCD_TEST_DEBUG_LOGS=1` starts the
 //! members with `--log-level debug`.
@@ -341,4 +343,31 @@ fn members_join_and_leave_under_load_without_losing_writes() {
     let list = ok(&c.member(n).endpoint(), &["member", "list"]);
     assert_eq!(list.lines().count(), 3, "{list}");
     assert!(!list.contains(&format!("{leader_id:x}")), "{list}");
+}
+
+#[test]
+fn a_slow_disk_on_the_leader_does_not_starve_heartbeats() {
+    // Once armed (SIGUSR1), every WAL sync on the leader takes 1.1 s
+    // longer: more than twice the election timeout (500 ms). The followers commit
+    // writes without it, and leadership must hold: heartbeats never wait
+    // for the leader's disk.
+    let dir = Scratch::new("slow-disk");
+    let opts = ClusterOpts { extra: vec!["--ironcd-fault-wal-sync-delay-ms".into(), "1100".into()], ..ClusterOpts::default() };
+    let c = Cluster::start(Kind::Ironcd, 3, dir.path(), opts);
+    let leader = c.wait_leader(Duration::from_secs(20)).expect("a leader");
+    let term = c.member(leader).status().expect("leader status").raft_term;
+    c.member(leader).signal("-USR1");
+    let ep = c.member(leader).endpoint();
+    let started = Instant::now();
+    for i in 0..20 {
+        assert!(try_put(&ep, &format!("slow/{i}"), "v"), "a write failed on a slow leader disk:\n{}", c.logs());
+    }
+    if started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_secs(3) - started.elapsed());
+    }
+    assert_eq!(c.leader_now(), Some(leader), "leadership moved:\n{}", c.logs());
+    let now = c.member(leader).status().expect("leader status").raft_term;
+    assert_eq!(now, term, "an election happened (term {term} -> {now})");
+    // The fault was real: the leader logged its slow syncs, as etcd does.
+    assert!(c.member(leader).log_text().contains("slow fdatasync"), "no slow sync on the leader");
 }

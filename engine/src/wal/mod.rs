@@ -92,13 +92,24 @@ pub struct WalOptions {
     pub max_batch_bytes: usize,
     /// An `fdatasync` slower than this is logged as `slow fdatasync`.
     pub slow_sync: Duration,
+    /// Fault injection: extra time spent before every batch's `fdatasync`
+    /// while `sync_delay_armed` is set, to test a member whose disk turns
+    /// slow (zero / unset in production).
+    pub sync_delay: Duration,
+    pub sync_delay_armed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         // 64 MiB: etcd's segment size. 8 MiB batches: far above what 1,000
         // concurrent writers queue during one sync, small enough to bound memory.
-        WalOptions { segment_size: 64 << 20, max_batch_bytes: 8 << 20, slow_sync: Duration::from_secs(1) }
+        WalOptions {
+            segment_size: 64 << 20,
+            max_batch_bytes: 8 << 20,
+            slow_sync: Duration::from_secs(1),
+            sync_delay: Duration::ZERO,
+            sync_delay_armed: None,
+        }
     }
 }
 

@@ -273,6 +273,10 @@ impl<I: WalIo> Writer<I> {
 
         let path = || self.segments.back().map(|s| s.path.display().to_string()).unwrap_or_default();
         let t = Instant::now();
+        let armed = inner.opts.sync_delay_armed.as_ref().is_some_and(|a| a.load(std::sync::atomic::Ordering::Relaxed));
+        if armed && !inner.opts.sync_delay.is_zero() {
+            glommio::timer::sleep(inner.opts.sync_delay).await;
+        }
         let res = match self.file.write_at(buf, self.pos).await {
             Ok(()) => self.file.fdatasync().await.map_err(|e| WalError::io(format!("syncing {}", path()), e)),
             Err(e) => Err(WalError::io(format!("writing {}", path()), e)),
