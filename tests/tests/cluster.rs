@@ -436,3 +436,30 @@ fn member_and_cluster_ids_match_etcds_for_the_same_flags() {
     assert_eq!(ours, theirs, "member IDs, names and peer URLs");
     assert_eq!(our_cluster, their_cluster, "cluster ID");
 }
+
+#[test]
+fn watches_on_any_member_see_writes_made_through_any_other() {
+    let dir = Scratch::new("cluster-watch");
+    let c = start_cluster(dir.path(), 3, &[]);
+    let leader = wait_leader(&c);
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    // A watcher on a follower, writes through the leader and the other follower.
+    let mut watch = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &c.member(follower).endpoint(), "watch", "--prefix", "w/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl watch");
+    std::thread::sleep(Duration::from_millis(800));
+    ok(&c.member(leader).endpoint(), &["put", "w/1", "a"]);
+    ok(&c.member(other).endpoint(), &["put", "w/2", "b"]);
+    ok(&c.member(follower).endpoint(), &["del", "w/1"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("watch output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines, ["PUT", "w/1", "a", "PUT", "w/2", "b", "DELETE", "w/1"], "{text}");
+}
