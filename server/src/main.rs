@@ -180,6 +180,36 @@ fn stored_identity(db: &Db) -> Result<Option<(u64, u64)>, String> {
     }))
 }
 
+/// Refuses to bootstrap a member that a running cluster already knows as
+/// started (it published its attributes): its data dir was lost, and it must
+/// be removed and added again (etcd refuses the same way).
+async fn refuse_rebootstrap(id: &Identity, peer_cfg: &PeerConfig) -> Result<(), String> {
+    use prost::Message;
+    for m in id.members.iter().filter(|m| m.id != id.member_id) {
+        let Ok(b) = peer::client::call_once(
+            peer_cfg,
+            &m.peer_urls,
+            peer_service::PeerMsg::Members as u8,
+            &[],
+            Duration::from_millis(500),
+        )
+        .await
+        else {
+            continue;
+        };
+        let Ok(list) = pb::etcdserverpb::MemberListResponse::decode(b) else { continue };
+        if list.members.iter().any(|x| x.id == id.member_id && !x.name.is_empty()) {
+            return Err(format!(
+                "member {:x} has already been bootstrapped: its data dir is gone or new, but the cluster knows it \
+                 as started; remove it (`etcdctl member remove {:x}`) and add it again with \
+                 --initial-cluster-state existing",
+                id.member_id, id.member_id
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A member started with `--initial-cluster-state existing` learns its ID
 /// (given by `member add`) and the cluster ID from a running peer, as etcd does.
 async fn join_identity(cfg: &Config, id: &Identity, peer_cfg: &PeerConfig, stop: &AtomicBool) -> Result<(u64, u64), String> {
@@ -392,6 +422,9 @@ async fn serve_member(
         snapshots: transfer,
     });
     if !raft.is_initialized().await.map_err(|e| e.to_string())? && cfg.initial_cluster_state == "new" {
+        // A member whose data dir was wiped must not bootstrap again (it
+        // would forget its vote): etcd's "has already been bootstrapped".
+        refuse_rebootstrap(&id, &peer_cfg).await?;
         // Every member bootstraps the same membership (names and client
         // URLs are published through raft once each member runs).
         let nodes: BTreeMap<u64, Member> = id

@@ -463,3 +463,28 @@ fn watches_on_any_member_see_writes_made_through_any_other() {
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines, ["PUT", "w/1", "a", "PUT", "w/2", "b", "DELETE", "w/1"], "{text}");
 }
+
+#[test]
+fn a_member_whose_data_dir_was_wiped_is_refused_then_replaced() {
+    let dir = Scratch::new("cluster-wiped");
+    let mut c = start_cluster(dir.path(), 3, &[]);
+    let ep0 = c.member(0).endpoint();
+    ok(&ep0, &["put", "before", "1"]);
+    let id = format!("{:x}", c.member_id(2).expect("id"));
+    c.kill9(2);
+    std::fs::remove_dir_all(&c.member(2).data_dir).expect("wipe the data dir");
+    // Same flags, empty data dir: it must not bootstrap again (it would
+    // forget whom it voted for); etcd refuses the same way.
+    c.respawn(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.member_mut(2).is_running() {
+        assert!(Instant::now() < deadline, "a wiped member started anyway:\n{}", c.member(2).log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.member(2).log_text().contains("has already been bootstrapped"), "{}", c.member(2).log_text());
+    // The etcd procedure: remove it, add a replacement, which catches up.
+    ok(&ep0, &["member", "remove", &id]);
+    let n = c.add_member("m2b");
+    assert_eq!(ok(&c.member(n).endpoint(), &["get", "before", "--print-value-only"]).trim(), "1");
+    assert_eq!(ok(&ep0, &["member", "list"]).lines().count(), 3);
+}
