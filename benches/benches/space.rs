@@ -10,8 +10,10 @@
 //! pages go per tree, read from the file by its documented format
 //! (`docs/btree.md`). `SPACE_COMPACT_EVERY=n` also compacts to the head
 //! every `n` puts inside a round (etcd's revision-based auto-compaction);
-//! `SPACE_COMPACT_SYNC_EVERY=n` syncs every `n` compaction steps (the server
-//! syncs only when a compaction ends, so the pages it copies stay pinned). Not a criterion bench: `cargo bench -p ironcd-benches
+//! `SPACE_COMPACT_SYNC_EVERY=n` syncs every `n` compaction steps (default
+//! 10, as the server's compactor: `COMPACTION_SYNC_STEPS`; 0: only when the
+//! compaction ends). `SPACE_TRACE=1` prints the page counts whenever the
+//! high-water mark grows. Not a criterion bench: `cargo bench -p ironcd-benches
 //! --bench space`. Data in `$IRONCD_BENCH_DIR` or `target/bench-data`.
 //! Figures: `docs/mvcc.md`, "Space".
 
@@ -136,6 +138,22 @@ fn walk(path: &Path) -> [TreeSpace; Tree::COUNT] {
 
 fn sync(kv: &KvStore<Db>) {
     kv.store().sync().unwrap();
+    trace(kv, "sync");
+}
+
+/// With `SPACE_TRACE=1`: prints the page counts whenever the high-water
+/// mark grew since the last call (where in the workload the file grows).
+fn trace(kv: &KvStore<Db>, what: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if std::env::var_os("SPACE_TRACE").is_none() {
+        return;
+    }
+    let s = kv.store().stats().unwrap();
+    let last = LAST.swap(s.high_water, Ordering::Relaxed);
+    if s.high_water > last {
+        println!("#   +{} pages after {what}: high water {}, free {}, pending {}", s.high_water - last, s.high_water, s.free_pages, s.pending_pages);
+    }
 }
 
 /// Compacts to the head revision and runs the steps to completion, with a
@@ -154,6 +172,7 @@ fn compact(kv: &KvStore<Db>, index: &mut u64, sync_steps: u64) {
         let mut w = kv.write().unwrap();
         w.compact_step(1000).unwrap();
         w.commit().unwrap();
+        trace(kv, "compact_step");
         steps += 1;
         if sync_steps > 0 && steps % sync_steps == 0 {
             sync(kv);
@@ -166,7 +185,7 @@ fn main() {
     let keys = env_u64("SPACE_KEYS", 1_000_000);
     let rounds = env_u64("SPACE_ROUNDS", 10);
     let compact_every = env_u64("SPACE_COMPACT_EVERY", 0);
-    let compact_sync = env_u64("SPACE_COMPACT_SYNC_EVERY", 0);
+    let compact_sync = env_u64("SPACE_COMPACT_SYNC_EVERY", 10);
     let base = std::env::var_os("IRONCD_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data"));
@@ -193,6 +212,7 @@ fn main() {
                 w.put(index, &PutRequest { key: key(i), value: value(round, i), ..Default::default() }).unwrap();
             }
             w.commit().unwrap();
+            trace(&kv, "puts");
             unsynced += BATCH;
             if compact_every > 0 && round > 0 && (start + BATCH) % compact_every == 0 {
                 compact(&kv, &mut index, compact_sync);

@@ -577,7 +577,8 @@ fn etcd_bbolt_file_is_refused_clearly() {
 }
 
 /// A file of an older format version (1: `Tree::KeyHistory` also held each
-/// key's latest change) is refused by name, not misread.
+/// key's latest change; 2: compaction removed `Tree::Kv` records in one
+/// pass) is refused by name, not misread.
 #[test]
 fn older_format_version_is_refused_clearly() {
     let dir = tmp();
@@ -589,18 +590,21 @@ fn older_format_version_is_refused_clearly() {
         w.commit().unwrap();
         db.sync().unwrap();
     }
-    // Rewrite both meta pages as version 1 with valid checksums.
-    let mut img = std::fs::read(&path).unwrap();
-    for slot in 0..2 {
-        let m = &mut img[slot * 4096..slot * 4096 + 124];
-        m[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let crc = crc32fast::hash(&m[..120]);
-        m[120..124].copy_from_slice(&crc.to_le_bytes());
+    let good = std::fs::read(&path).unwrap();
+    for old in [1u32, 2] {
+        // Rewrite both meta pages as version `old` with valid checksums.
+        let mut img = good.clone();
+        for slot in 0..2 {
+            let m = &mut img[slot * 4096..slot * 4096 + 124];
+            m[8..12].copy_from_slice(&old.to_le_bytes());
+            let crc = crc32fast::hash(&m[..120]);
+            m[120..124].copy_from_slice(&crc.to_le_bytes());
+        }
+        std::fs::write(&path, &img).unwrap();
+        let err = Db::open(&path, DbOptions::default()).err().unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("format version {old}")) && msg.contains("reads only version 3"), "{msg}");
     }
-    std::fs::write(&path, &img).unwrap();
-    let err = Db::open(&path, DbOptions::default()).err().unwrap();
-    let msg = err.to_string();
-    assert!(msg.contains("format version 1") && msg.contains("reads only version 2"), "{msg}");
 }
 
 #[test]

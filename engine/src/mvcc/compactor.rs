@@ -7,17 +7,33 @@
 //! (tombstones <= rev go entirely). Changes > rev and the head index are
 //! never touched, so reads at >= rev are unaffected at every step.
 //!
-//! The steps walk `Tree::KeyHistory`, which holds exactly the superseded
-//! changes (every change but each live key's head), in key then revision
-//! order: a change's successor is the next entry of its key, or its head.
-//! So a compaction costs O(history written since the last one), not O(keys).
+//! Two phases, so that each tree is edited in its own order and a step frees
+//! whole leaves instead of copying scattered ones:
 //!
-//! Progress lives in `Tree::Meta` (scheduled / finished revision and a
-//! cursor: the next `Tree::KeyHistory` key), so a restart resumes the
-//! compaction. A new `compact` while one is running restarts the walk from
-//! the first entry with the new target: the rule for a larger revision
-//! removes a superset.
+//! 1. Walk `Tree::KeyHistory`, which holds exactly the superseded changes
+//!    (every change but each live key's head), in key then revision order:
+//!    a change's successor is the next entry of its key, or its head. Remove
+//!    the entries of changes that go, and mark the *chunk* of their revision
+//!    (`main >> CHUNK_BITS`) in `Tree::Meta`. Their `Tree::Kv` records stay:
+//!    such a record is *orphaned* (neither a head nor in `Tree::KeyHistory`).
+//! 2. Walk the marked chunks of `Tree::Kv` in revision order and delete the
+//!    orphaned records (up to the compact revision), then the marks.
+//!
+//! So a compaction costs O(history written since the last one), not
+//! O(keys), and its `Tree::Kv` deletes are contiguous. Readers never meet an
+//! orphan through the indexes; `survives` (hash_kv, watch at the compact
+//! revision) treats one as removed while a compaction is unfinished.
+//! Per key, the removed entries are always a prefix (in revision order) of
+//! its history, so a present entry's successor is still its successor.
+//!
+//! Progress lives in `Tree::Meta` (scheduled / finished revision, the phase-1
+//! cursor (the next `Tree::KeyHistory` key), the revision whose walk ended,
+//! the chunk marks and the phase-2 cursor), so a restart resumes the
+//! compaction. A new `compact` while one is running restarts phase 1 from
+//! the first entry with the new target (its rule removes a superset) and
+//! phase 2 from the first mark.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use crate::kv::{ReadView, Tree, WriteView};
@@ -25,10 +41,20 @@ use crate::kv::{ReadView, Tree, WriteView};
 use super::error::{MvccError, MvccResult};
 use super::key_index::{decode_history_key, Record, KIND_PUT, KIND_TOMBSTONE, REV_TAIL};
 use super::kv_store::{
-    KvReader, KvWriter, ReadCtx, META_COMPACT_CURSOR, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
+    KvReader, KvWriter, ReadCtx, META_COMPACT_CHUNK, META_COMPACT_CURSOR, META_COMPACT_KV_CURSOR,
+    META_COMPACT_WALKED, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
 };
-use super::revision::{Revision, REV_BYTES_LEN};
+use super::revision::{le_i64, Revision, REV_BYTES_LEN};
 use super::types::*;
+
+/// A phase-2 chunk spans `1 << CHUNK_BITS` main revisions of `Tree::Kv`.
+pub(crate) const CHUNK_BITS: u32 = 10;
+
+fn chunk_key(chunk: u64) -> Vec<u8> {
+    let mut k = META_COMPACT_CHUNK.to_vec();
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
 
 /// Result of one [`KvWriter::compact_step`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -49,6 +75,9 @@ pub(crate) fn survives<V: ReadView + ?Sized>(
 ) -> MvccResult<bool> {
     if rec.tombstone {
         return Ok(false);
+    }
+    if ctx.compacting && rev.main <= ctx.compact && !ctx.indexed(rec.key, rev)? {
+        return Ok(false); // removed by phase 1, its record not yet by phase 2
     }
     Ok(match ctx.history_next(rec.key, rev)? {
         Some(next) => next.main > at,
@@ -80,6 +109,7 @@ impl<W: WriteView> KvWriter<W> {
         self.view
             .put(Tree::Meta, META_SCHEDULED_COMPACT, &rev.to_le_bytes())?;
         self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
+        self.view.delete(Tree::Meta, META_COMPACT_KV_CURSOR)?;
         Ok(CompactionResponse {
             header: ResponseHeader::at(self.state.current),
         })
@@ -90,23 +120,46 @@ impl<W: WriteView> KvWriter<W> {
         self.state.finished_compact < self.state.compact
     }
 
-    /// Examines up to `max_keys` superseded changes (`Tree::KeyHistory`
-    /// entries) of the pending compaction and removes those that do not
-    /// survive, with their `Tree::Kv` records. Heads are never superseded
-    /// changes, so they are never examined: the work is proportional to the
-    /// history written since the last compaction, not to the number of keys.
+    /// Does up to `max_keys` units of the pending compaction: in phase 1,
+    /// examines that many superseded changes (`Tree::KeyHistory` entries)
+    /// and removes the entries of those that do not survive; in phase 2,
+    /// examines that many `Tree::Kv` records of marked chunks and deletes
+    /// the orphaned ones. Heads are never superseded changes, so they are
+    /// never examined in phase 1: the work is proportional to the history
+    /// written since the last compaction, not to the number of keys.
     /// Does not touch the applied index.
     pub fn compact_step(&mut self, max_keys: usize) -> MvccResult<CompactStep> {
         if !self.compaction_pending() {
             return Ok(CompactStep::Done);
         }
         let at = self.state.compact;
+        let walked = match self.view.get(Tree::Meta, META_COMPACT_WALKED)? {
+            Some(b) if b.len() == 8 => le_i64(b),
+            Some(_) => return Err(MvccError::corrupt("bad compact walked mark")),
+            None => -1,
+        };
+        if walked != at {
+            self.compact_walk_history(at, max_keys.max(1))?;
+            return Ok(CompactStep::More);
+        }
+        if self.compact_sweep_kv(at, max_keys.max(1))? {
+            return Ok(CompactStep::More);
+        }
+        self.state.finished_compact = at;
+        self.view
+            .put(Tree::Meta, META_FINISHED_COMPACT, &at.to_le_bytes())?;
+        self.view.delete(Tree::Meta, META_COMPACT_WALKED)?;
+        self.view.delete(Tree::Meta, META_COMPACT_KV_CURSOR)?;
+        Ok(CompactStep::Done)
+    }
+
+    /// Phase 1: one batch of the `Tree::KeyHistory` walk.
+    fn compact_walk_history(&mut self, at: i64, max: usize) -> MvccResult<()> {
         let cursor = self
             .view
             .get(Tree::Meta, META_COMPACT_CURSOR)?
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
-        let max = max_keys.max(1);
         // One entry more than the batch: the successor of the batch's last
         // change when it is the same key's.
         let mut batch: Vec<(Vec<u8>, bool)> = Vec::with_capacity(max.min(4096) + 1);
@@ -133,6 +186,7 @@ impl<W: WriteView> KvWriter<W> {
         }
         let more = batch.len() > max;
         let n = batch.len().min(max);
+        let mut chunks = BTreeSet::new();
         for i in 0..n {
             let (hk, tombstone) = &batch[i];
             if hk.len() < REV_TAIL {
@@ -158,19 +212,111 @@ impl<W: WriteView> KvWriter<W> {
                 next.is_some_and(|n| n.main <= at)
             };
             if remove {
-                self.view.delete(Tree::Kv, &rev.to_bytes())?;
                 self.view.delete(Tree::KeyHistory, hk)?;
+                chunks.insert((rev.main as u64) >> CHUNK_BITS);
             }
         }
-        if !more {
-            self.state.finished_compact = at;
-            self.view
-                .put(Tree::Meta, META_FINISHED_COMPACT, &at.to_le_bytes())?;
-            self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
-            return Ok(CompactStep::Done);
+        for c in chunks {
+            let k = chunk_key(c);
+            if self.view.get(Tree::Meta, &k)?.is_none() {
+                self.view.put(Tree::Meta, &k, &[])?;
+            }
         }
-        let next = &batch[max].0;
-        self.view.put(Tree::Meta, META_COMPACT_CURSOR, next)?;
-        Ok(CompactStep::More)
+        if more {
+            let next = &batch[max].0;
+            self.view.put(Tree::Meta, META_COMPACT_CURSOR, next)?;
+        } else {
+            self.view.delete(Tree::Meta, META_COMPACT_CURSOR)?;
+            self.view
+                .put(Tree::Meta, META_COMPACT_WALKED, &at.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Phase 2: deletes the orphaned `Tree::Kv` records of the marked chunks,
+    /// in revision order, examining at most `max` records. False when no
+    /// marked chunk is left.
+    fn compact_sweep_kv(&mut self, at: i64, max: usize) -> MvccResult<bool> {
+        let mut cursor = match self.view.get(Tree::Meta, META_COMPACT_KV_CURSOR)? {
+            Some(b) => Revision::from_bytes(b)?,
+            None => Revision::new(0, 0),
+        };
+        let mut examined = 0usize;
+        let end = Revision::new(at.saturating_add(1), 0);
+        while examined < max {
+            // The first marked chunk at or after the cursor's.
+            let from = chunk_key((cursor.main as u64) >> CHUNK_BITS);
+            let mut found = None;
+            self.view.scan(
+                Tree::Meta,
+                Bound::Included(&from),
+                Bound::Unbounded,
+                false,
+                &mut |k, _| {
+                    if let Some(c) = k.strip_prefix(META_COMPACT_CHUNK) {
+                        if c.len() == 8 {
+                            found = Some(u64::from_be_bytes(c.try_into().unwrap_or_default()));
+                        }
+                    }
+                    false
+                },
+            )?;
+            let Some(chunk) = found else {
+                return Ok(false);
+            };
+            let lo = Revision::new((chunk << CHUNK_BITS) as i64, 0).max(cursor);
+            let hi = Revision::new(((chunk + 1) << CHUNK_BITS) as i64, 0).min(end);
+            // Up to the rest of the budget, plus one to know whether the
+            // chunk is done.
+            let want = max - examined;
+            let mut recs: Vec<(Revision, Vec<u8>, bool)> = Vec::new();
+            let mut err = None;
+            if lo < hi {
+                self.view.scan(
+                    Tree::Kv,
+                    Bound::Included(&lo.to_bytes()),
+                    Bound::Excluded(&hi.to_bytes()),
+                    false,
+                    &mut |k, v| {
+                        if recs.len() == want {
+                            recs.push((Revision::default(), Vec::new(), false));
+                            return false;
+                        }
+                        match Revision::from_bytes(k).and_then(|r| Ok((r, Record::decode(v)?))) {
+                            Ok((r, rec)) => recs.push((r, rec.key.to_vec(), rec.tombstone)),
+                            Err(e) => {
+                                err = Some(e);
+                                return false;
+                            }
+                        }
+                        true
+                    },
+                )?;
+            }
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let chunk_done = recs.len() <= want;
+            recs.truncate(want);
+            examined += recs.len();
+            for (rev, key, _) in &recs {
+                if !self.ctx().indexed(key, *rev)? {
+                    self.view.delete(Tree::Kv, &rev.to_bytes())?;
+                }
+            }
+            if chunk_done {
+                self.view.delete(Tree::Meta, &chunk_key(chunk))?;
+                cursor = Revision::new(((chunk + 1) << CHUNK_BITS) as i64, 0);
+            } else {
+                let last = recs.last().map(|r| r.0).unwrap_or(lo);
+                cursor = Revision::new(last.main, last.sub.saturating_add(1));
+                break;
+            }
+            // An empty chunk costs one unit, so a step stays bounded.
+            examined += usize::from(recs.is_empty());
+        }
+        self.view
+            .put(Tree::Meta, META_COMPACT_KV_CURSOR, &cursor.to_bytes())?;
+        Ok(true)
     }
 }

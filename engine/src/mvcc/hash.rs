@@ -15,7 +15,7 @@ use crate::kv::{ReadView, Tree};
 use super::compactor::survives;
 use super::error::{MvccError, MvccResult};
 use super::key_index::Record;
-use super::kv_store::{KvReader, META_COMPACT_CURSOR};
+use super::kv_store::{KvReader, META_COMPACT_PROGRESS};
 use super::revision::Revision;
 use super::types::*;
 
@@ -73,7 +73,8 @@ impl<R: ReadView> KvReader<R> {
     }
 
     /// etcd's Hash: a CRC-32 over every entry of the MVCC and lease trees
-    /// and the MVCC meta keys (not the compaction cursor or applied index).
+    /// and the MVCC meta keys (not the compaction's progress keys or the
+    /// applied index).
     /// Like etcd's, it depends on how far physical compaction has got.
     pub fn hash(&self) -> MvccResult<HashResponse> {
         let mut h = crc32fast::Hasher::new();
@@ -91,7 +92,7 @@ impl<R: ReadView> KvReader<R> {
                 Bound::Unbounded,
                 false,
                 &mut |k, v| {
-                    if tree == Tree::Meta && (!k.starts_with(b"mvcc/") || k == META_COMPACT_CURSOR)
+                    if tree == Tree::Meta && (!k.starts_with(b"mvcc/") || k.starts_with(META_COMPACT_PROGRESS))
                     {
                         return true;
                     }

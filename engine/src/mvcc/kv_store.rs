@@ -58,6 +58,15 @@ pub(crate) const META_CURRENT_REV: &[u8] = b"mvcc/current_revision";
 pub(crate) const META_SCHEDULED_COMPACT: &[u8] = b"mvcc/scheduled_compact_revision";
 pub(crate) const META_FINISHED_COMPACT: &[u8] = b"mvcc/finished_compact_revision";
 pub(crate) const META_COMPACT_CURSOR: &[u8] = b"mvcc/compact_cursor";
+/// The compact revision whose `Tree::KeyHistory` walk (phase 1) finished.
+pub(crate) const META_COMPACT_WALKED: &[u8] = b"mvcc/compact_walked";
+/// Prefix of the phase-2 chunk marks: `| chunk (8, BE)` -> empty.
+pub(crate) const META_COMPACT_CHUNK: &[u8] = b"mvcc/compact_kv/";
+/// Phase 2's position: the `Tree::Kv` key it resumes at.
+pub(crate) const META_COMPACT_KV_CURSOR: &[u8] = b"mvcc/compact_kv_cursor";
+/// Every `Tree::Meta` key of a running compaction's progress starts so
+/// (cursors, walked mark, chunk marks); `hash` skips them.
+pub(crate) const META_COMPACT_PROGRESS: &[u8] = b"mvcc/compact_";
 
 /// Revision bookkeeping kept in `Tree::Meta`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -142,6 +151,9 @@ pub(crate) struct ReadCtx<'v, V: ReadView + ?Sized> {
     pub view: &'v V,
     pub head_rev: i64,
     pub compact: i64,
+    /// A compaction is unfinished: `Tree::Kv` may hold records it already
+    /// removed from `Tree::KeyHistory` (see `compactor.rs`).
+    pub compacting: bool,
 }
 
 impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
@@ -205,6 +217,17 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
             return Ok(Some(r));
         }
         Ok(self.head(key)?.map(|h| h.modified).filter(|m| *m > rev))
+    }
+
+    /// Whether the change of `key` at `rev` is still indexed: it is the head
+    /// or has its `Tree::KeyHistory` entry. A `Tree::Kv` record that is
+    /// neither was removed by a compaction's first phase and waits for its
+    /// second (`compactor.rs`).
+    pub fn indexed(&self, key: &[u8], rev: Revision) -> MvccResult<bool> {
+        if self.head(key)?.is_some_and(|h| h.modified == rev) {
+            return Ok(true);
+        }
+        Ok(self.view.get(Tree::KeyHistory, &history_key(key, rev))?.is_some())
     }
 
     /// The first superseded change (`Tree::KeyHistory`) of `key` after `rev`.
@@ -629,6 +652,7 @@ impl<R: ReadView> KvReader<R> {
             view: &self.view,
             head_rev: self.state.current,
             compact: self.state.compact,
+            compacting: self.state.finished_compact < self.state.compact,
         }
     }
 
@@ -688,6 +712,7 @@ impl<W: WriteView> KvWriter<W> {
             view: &self.view,
             head_rev: self.read_rev(),
             compact: self.state.compact,
+            compacting: self.state.finished_compact < self.state.compact,
         }
     }
 
