@@ -622,3 +622,12 @@ impl Drop for Cluster {
         // Proxies drop after, with their own bounded shutdown.
     }
 }
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs cluster tests of one test binary one at a time: a dozen clusters of
+/// debug builds at once on a 2-core machine starve heartbeats and cause
+/// elections that no test asked for. Hold the guard for the whole test.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}

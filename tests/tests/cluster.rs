@@ -42,6 +42,7 @@ fn wait_leader(c: &Cluster) -> usize {
 
 #[test]
 fn three_members_serve_every_request_and_survive_a_leader_kill() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster3");
     let mut c = start_cluster(dir.path(), 3, &[]);
 
@@ -106,6 +107,7 @@ fn three_members_serve_every_request_and_survive_a_leader_kill() {
 
 #[test]
 fn members_are_added_from_a_snapshot_and_removed() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-members");
     // Snapshots every 20 entries keeping 5 behind: a new member needs a snapshot.
     let mut c = start_cluster(dir.path(), 3, &["--snapshot-count", "20", "--ironcd-snapshot-catchup-entries", "5"]);
@@ -166,6 +168,7 @@ fn members_are_added_from_a_snapshot_and_removed() {
 
 #[test]
 fn leases_work_through_followers() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-lease");
     let c = start_cluster(dir.path(), 3, &[]);
     let leader = wait_leader(&c);
@@ -187,6 +190,7 @@ fn leases_work_through_followers() {
 
 #[test]
 fn five_members_keep_going_without_two() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster5");
     let mut c = start_cluster(dir.path(), 5, &[]);
     for i in 0..5 {
@@ -205,6 +209,7 @@ fn five_members_keep_going_without_two() {
 
 #[test]
 fn move_leader_transfers_leadership_and_leases_expire_on_the_new_leader() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-move");
     let mut c = start_cluster(dir.path(), 3, &[]);
     let leader = wait_leader(&c);
@@ -245,6 +250,7 @@ fn move_leader_transfers_leadership_and_leases_expire_on_the_new_leader() {
 
 #[test]
 fn the_log_is_purged_behind_snapshots_so_the_wal_stays_bounded() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-purge");
     // 128 KiB WAL segments, a snapshot every 200 entries keeping 50 behind.
     let c = start_cluster(
@@ -284,6 +290,7 @@ fn the_log_is_purged_behind_snapshots_so_the_wal_stays_bounded() {
 
 #[test]
 fn learners_are_promoted_once_caught_up() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-learner");
     let mut c = start_cluster(dir.path(), 3, &[]);
     let ep0 = c.member(0).endpoint();
@@ -349,6 +356,7 @@ fn learners_are_promoted_once_caught_up() {
 
 #[test]
 fn member_update_changes_where_peers_connect() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-update");
     let c = start_cluster(dir.path(), 3, &[]);
     let leader = wait_leader(&c);
@@ -397,6 +405,7 @@ fn member_lines(ep: &str) -> Vec<(String, String, String)> {
 
 #[test]
 fn member_and_cluster_ids_match_etcds_for_the_same_flags() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-ids");
     let mut c = start_cluster(dir.path(), 3, &[]);
     let ours = member_lines(&c.member(0).endpoint());
@@ -439,6 +448,7 @@ fn member_and_cluster_ids_match_etcds_for_the_same_flags() {
 
 #[test]
 fn watches_on_any_member_see_writes_made_through_any_other() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-watch");
     let c = start_cluster(dir.path(), 3, &[]);
     let leader = wait_leader(&c);
@@ -466,6 +476,7 @@ fn watches_on_any_member_see_writes_made_through_any_other() {
 
 #[test]
 fn a_member_whose_data_dir_was_wiped_is_refused_then_replaced() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("cluster-wiped");
     let mut c = start_cluster(dir.path(), 3, &[]);
     let ep0 = c.member(0).endpoint();

@@ -39,6 +39,7 @@ fn try_put(ep: &str, k: &str, v: &str) -> bool {
 
 #[test]
 fn a_partitioned_minority_stops_and_the_majority_goes_on() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("partition");
     let c = Cluster::start(Kind::Ironcd, 3, dir.path(), proxied());
     let leader = c.wait_leader(Duration::from_secs(15)).expect("a leader");
@@ -173,6 +174,7 @@ async fn client_loop(
 
 #[test]
 fn histories_stay_linearizable_while_members_are_killed_paused_and_partitioned() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let seed: u64 = std::env::var("IRONCD_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     }) | 1;
@@ -264,6 +266,7 @@ fn histories_stay_linearizable_while_members_are_killed_paused_and_partitioned()
 
 #[test]
 fn with_pre_vote_a_rejoining_member_does_not_disturb_the_leader() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("prevote");
     let opts = ClusterOpts { proxied: true, extra: vec!["--pre-vote".into()], ..ClusterOpts::default() };
     let c = Cluster::start(Kind::Ironcd, 3, dir.path(), opts);
@@ -284,6 +287,7 @@ fn with_pre_vote_a_rejoining_member_does_not_disturb_the_leader() {
 
 #[test]
 fn members_join_and_leave_under_load_without_losing_writes() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     let dir = Scratch::new("reconfig-load");
     let mut c = Cluster::start(Kind::Ironcd, 3, dir.path(), ClusterOpts::default());
     let leader = c.wait_leader(Duration::from_secs(15)).expect("a leader");
@@ -347,6 +351,7 @@ fn members_join_and_leave_under_load_without_losing_writes() {
 
 #[test]
 fn a_slow_disk_on_the_leader_does_not_starve_heartbeats() {
+    let _serial = ironcd_tests::cluster::one_at_a_time();
     // Once armed (SIGUSR1), every WAL sync on the leader takes 1.1 s
     // longer: more than twice the election timeout (500 ms). The followers commit
     // writes without it, and leadership must hold: heartbeats never wait
