@@ -433,7 +433,7 @@ mod mvcc {
                 Bound::Unbounded,
                 false,
                 &mut |k, _| {
-                    revs.push(u64::from_be_bytes(k[..8].try_into().unwrap()));
+                    revs.push(Revision::from_kv_key(k).unwrap().main);
                     true
                 },
             )

@@ -274,15 +274,15 @@ impl<W: WriteView> KvWriter<W> {
             if lo < hi {
                 self.view.scan(
                     Tree::Kv,
-                    Bound::Included(&lo.to_bytes()),
-                    Bound::Excluded(&hi.to_bytes()),
+                    Bound::Included(&lo.kv_key()),
+                    Bound::Excluded(&hi.kv_key()),
                     false,
                     &mut |k, v| {
                         if recs.len() == want {
                             recs.push((Revision::default(), Vec::new(), false));
                             return false;
                         }
-                        match Revision::from_bytes(k).and_then(|r| Ok((r, Record::decode(v)?))) {
+                        match Revision::from_kv_key(k).and_then(|r| Ok((r, Record::decode(v)?))) {
                             Ok((r, rec)) => recs.push((r, rec.key.to_vec(), rec.tombstone)),
                             Err(e) => {
                                 err = Some(e);
@@ -301,7 +301,7 @@ impl<W: WriteView> KvWriter<W> {
             examined += recs.len();
             for (rev, key, _) in &recs {
                 if !self.ctx().indexed(key, *rev)? {
-                    self.view.delete(Tree::Kv, &rev.to_bytes())?;
+                    self.view.delete(Tree::Kv, &rev.kv_key())?;
                 }
             }
             if chunk_done {

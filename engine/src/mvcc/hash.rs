@@ -34,7 +34,7 @@ impl<R: ReadView> KvReader<R> {
         let ctx = self.ctx();
         let mut h = crc32fast::Hasher::new();
         h.update(b"kv");
-        let end = Revision::new(at + 1, 0).to_bytes();
+        let end = Revision::new(at + 1, 0).kv_key();
         let mut err = None;
         self.view.scan(
             Tree::Kv,
@@ -42,7 +42,7 @@ impl<R: ReadView> KvReader<R> {
             Bound::Excluded(&end),
             false,
             &mut |k, v| {
-                let keep = Revision::from_bytes(k).and_then(|r| {
+                let keep = Revision::from_kv_key(k).and_then(|r| {
                     if r.main > compact {
                         return Ok(true);
                     }

@@ -166,7 +166,7 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
 
     /// Visits the record stored at `rev`.
     pub fn with_record<T>(&self, rev: Revision, f: impl FnOnce(Record<'_>) -> T) -> MvccResult<T> {
-        match self.view.get(Tree::Kv, &rev.to_bytes())? {
+        match self.view.get(Tree::Kv, &rev.kv_key())? {
             Some(b) => Ok(f(Record::decode(b)?)),
             None => Err(MvccError::corrupt(format!(
                 "missing kv record at {}.{}",
@@ -919,7 +919,7 @@ impl<W: WriteView> KvWriter<W> {
             value,
         }
         .encode(&mut rec);
-        let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
+        let res = self.view.put(Tree::Kv, &rev.kv_key(), &rec);
         self.scratch = rec;
         res?;
         if let Some(h) = &head {
@@ -981,7 +981,7 @@ impl<W: WriteView> KvWriter<W> {
             value: &[],
         }
         .encode(&mut rec);
-        let res = self.view.put(Tree::Kv, &rev.to_bytes(), &rec);
+        let res = self.view.put(Tree::Kv, &rev.kv_key(), &rec);
         self.scratch = rec;
         res?;
         // The head and the tombstone are both superseded changes (a deleted

@@ -38,6 +38,62 @@ impl Revision {
     }
 }
 
+/// Longest [`Revision::kv_key`]: two length bytes and two 8-byte integers.
+pub const KV_KEY_MAX_LEN: usize = 18;
+
+/// Appends `len u8 | v` big-endian without leading zero bytes (0 -> `00`).
+fn put_short(out: &mut Vec<u8>, v: u64) {
+    let n = 8 - v.leading_zeros() as usize / 8;
+    out.push(n as u8);
+    out.extend_from_slice(&v.to_be_bytes()[8 - n..]);
+}
+
+/// Reads a [`put_short`] integer at `*at`; rejects a non-minimal one.
+fn get_short(b: &[u8], at: &mut usize) -> MvccResult<u64> {
+    let n = *b.get(*at).ok_or_else(|| MvccError::corrupt("kv key cut short"))? as usize;
+    let bytes = b
+        .get(*at + 1..*at + 1 + n)
+        .filter(|_| n <= 8)
+        .ok_or_else(|| MvccError::corrupt("kv key cut short"))?;
+    if bytes.first() == Some(&0) {
+        return Err(MvccError::corrupt("kv key with a leading zero byte"));
+    }
+    *at += 1 + n;
+    Ok(bytes.iter().fold(0u64, |a, &x| a << 8 | u64::from(x)))
+}
+
+impl Revision {
+    /// The `Tree::Kv` key of this revision (format version 3): `len u8 |
+    /// main` big-endian without leading zeros, then, only when `sub` is not
+    /// 0, `len u8 | sub` the same way. Byte order is revision order for
+    /// non-negative revisions (a shorter integer is smaller; a missing sub
+    /// sorts first), and a typical key is 4-5 bytes instead of 16.
+    pub fn kv_key(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(KV_KEY_MAX_LEN);
+        put_short(&mut out, self.main as u64);
+        if self.sub != 0 {
+            put_short(&mut out, self.sub as u64);
+        }
+        out
+    }
+
+    /// Decodes a [`Revision::kv_key`]; rejects any other spelling.
+    pub fn from_kv_key(b: &[u8]) -> MvccResult<Self> {
+        let mut at = 0;
+        let main = get_short(b, &mut at)? as i64;
+        let sub = if at == b.len() {
+            0
+        } else {
+            let sub = get_short(b, &mut at)?;
+            if sub == 0 || at != b.len() {
+                return Err(MvccError::corrupt("malformed kv key"));
+            }
+            sub as i64
+        };
+        Ok(Revision { main, sub })
+    }
+}
+
 pub(crate) fn be_i64(b: &[u8]) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -70,5 +126,42 @@ mod tests {
             assert_eq!(Revision::from_bytes(&r.to_bytes()).unwrap(), r);
         }
         assert!(Revision::from_bytes(&[0; 15]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn kv_keys_sort_like_revisions(a in (0i64..=i64::MAX, 0i64..=i64::MAX), b in (0i64..=i64::MAX, 0i64..=i64::MAX),
+                                       small in (0i64..70_000, 0i64..300)) {
+            let (ra, rb, rs) = (Revision::new(a.0, a.1), Revision::new(b.0, b.1), Revision::new(small.0, small.1));
+            proptest::prop_assert_eq!(ra.kv_key().cmp(&rb.kv_key()), ra.cmp(&rb));
+            proptest::prop_assert_eq!(ra.kv_key().cmp(&rs.kv_key()), ra.cmp(&rs));
+            for r in [ra, rb, rs] {
+                let k = r.kv_key();
+                proptest::prop_assert!(k.len() <= KV_KEY_MAX_LEN);
+                proptest::prop_assert_eq!(Revision::from_kv_key(&k).unwrap(), r);
+                for cut in 0..k.len() {
+                    // A cut key is either malformed or (cut after main) a
+                    // different revision: never silently the same.
+                    proptest::prop_assert!(Revision::from_kv_key(&k[..cut]).map_or(true, |x| x != r));
+                }
+            }
+        }
+
+        #[test]
+        fn kv_keys_decode_only_their_own_spelling(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20)) {
+            if let Ok(r) = Revision::from_kv_key(&b) {
+                proptest::prop_assert_eq!(r.kv_key(), b);
+            }
+        }
+    }
+
+    #[test]
+    fn kv_key_examples() {
+        assert_eq!(Revision::new(0, 0).kv_key(), [0]);
+        assert_eq!(Revision::new(5, 0).kv_key(), [1, 5]);
+        assert_eq!(Revision::new(256, 3).kv_key(), [2, 1, 0, 1, 3]);
+        assert!(Revision::from_kv_key(&[1, 5, 1, 0]).is_err());
+        assert!(Revision::from_kv_key(&[2, 0, 5]).is_err());
+        assert!(Revision::from_kv_key(&[9, 1, 1, 1, 1, 1, 1, 1, 1, 1]).is_err());
     }
 }

@@ -45,8 +45,8 @@ impl<R: ReadView> KvReader<R> {
             });
         }
         let ctx = self.ctx();
-        let lo = Revision::new(start, 0).to_bytes();
-        let hi = Revision::new(end + 1, 0).to_bytes();
+        let lo = Revision::new(start, 0).kv_key();
+        let hi = Revision::new(end + 1, 0).kv_key();
         let mut revs_seen = 0usize;
         let mut last_main = 0i64;
         let mut next_revision = None;
@@ -58,7 +58,7 @@ impl<R: ReadView> KvReader<R> {
             false,
             &mut |k, v| {
                 let step = (|| -> MvccResult<bool> {
-                    let rev = Revision::from_bytes(k)?;
+                    let rev = Revision::from_kv_key(k)?;
                     let rec = Record::decode(v)?;
                     if !range.contains(rec.key) {
                         return Ok(true);
