@@ -587,11 +587,12 @@ pub(crate) fn decode_freelist(id: u64, buf: &[u8]) -> StoreResult<(u64, Vec<(u64
 /// file is never mistaken for ours.
 pub(crate) const MAGIC: [u8; 8] = *b"IRCDKVB1";
 /// 1: first format. 2: `Tree::KeyHistory` holds superseded changes only
-/// (the MVCC layer's layout changed, the pages did not). 3: a compaction
-/// removes `Tree::KeyHistory` entries first and their `Tree::Kv` records in
-/// a second pass (orphaned records and chunk marks in `Tree::Meta` that a
-/// version-2 build would misread). Older versions are refused, there is no
-/// upgrade path.
+/// (the MVCC layer's layout changed, the pages did not). 3: the MVCC layer
+/// again: revisions in `Tree::Kv` and `Tree::KeyHistory` keys take 2-18
+/// bytes instead of 16, and a compaction removes `Tree::KeyHistory` entries
+/// first and their `Tree::Kv` records in a second pass (orphaned records and
+/// chunk marks in `Tree::Meta` between the two). Older versions are refused,
+/// there is no upgrade path.
 pub(crate) const FORMAT_VERSION: u32 = 3;
 /// bbolt's meta magic, found at byte 16 of an etcd `db` file.
 const BBOLT_MAGIC: u32 = 0xED0C_DAED;

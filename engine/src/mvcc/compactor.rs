@@ -39,12 +39,12 @@ use std::ops::Bound;
 use crate::kv::{ReadView, Tree, WriteView};
 
 use super::error::{MvccError, MvccResult};
-use super::key_index::{decode_history_key, Record, KIND_PUT, KIND_TOMBSTONE, REV_TAIL};
+use super::key_index::{decode_history_key, split_history_key, Record, KIND_PUT, KIND_TOMBSTONE};
 use super::kv_store::{
     KvReader, KvWriter, ReadCtx, META_COMPACT_CHUNK, META_COMPACT_CURSOR, META_COMPACT_KV_CURSOR,
     META_COMPACT_WALKED, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT,
 };
-use super::revision::{le_i64, Revision, REV_BYTES_LEN};
+use super::revision::{le_i64, Revision};
 use super::types::*;
 
 /// A phase-2 chunk spans `1 << CHUNK_BITS` main revisions of `Tree::Kv`.
@@ -189,11 +189,8 @@ impl<W: WriteView> KvWriter<W> {
         let mut chunks = BTreeSet::new();
         for i in 0..n {
             let (hk, tombstone) = &batch[i];
-            if hk.len() < REV_TAIL {
-                return Err(MvccError::corrupt("short key history entry"));
-            }
-            let (prefix, rev) = hk.split_at(hk.len() - REV_BYTES_LEN);
-            let rev = Revision::from_bytes(rev)?;
+            let (plen, rev) = split_history_key(hk)?;
+            let prefix = &hk[..plen];
             if rev.main > at {
                 continue;
             }
@@ -201,9 +198,7 @@ impl<W: WriteView> KvWriter<W> {
                 // A superseded put is removed when the change that superseded
                 // it (the next entry of its key, else its head) is <= at.
                 let next = match batch.get(i + 1) {
-                    Some((nk, _)) if nk.len() == hk.len() && nk.starts_with(prefix) => {
-                        Some(Revision::from_bytes(&nk[prefix.len()..])?)
-                    }
+                    Some((nk, _)) if nk.starts_with(prefix) => Some(split_history_key(nk)?.1),
                     _ => {
                         let (key, _) = decode_history_key(hk)?;
                         self.ctx().head(&key)?.map(|h| h.modified)

@@ -1,7 +1,7 @@
 //! Encodings of the two per-key trees (docs/mvcc.md):
 //! - `Tree::KeyIndex`: user key -> [`HeadEntry`], the latest state of every
 //!   *live* key (a delete removes the entry), so head reads never walk history.
-//! - `Tree::KeyHistory`: `esc(user key) 00 01 | main | sub` -> kind byte, one
+//! - `Tree::KeyHistory`: `esc(user key) 00 01 | kv_key(rev)` -> kind byte, one
 //!   entry per *superseded* change (every change but a live key's head, which
 //!   `Tree::KeyIndex` holds; a deleted key's tombstone stays here), so "the
 //!   version of k at revision r" is the head or one reverse seek, and a
@@ -10,7 +10,7 @@
 //!   values are stored.
 
 use super::error::{MvccError, MvccResult};
-use super::revision::{be_i64, Revision, REV_BYTES_LEN};
+use super::revision::{be_i64, Revision, KV_KEY_MAX_LEN};
 use super::types::KeyValue;
 
 /// Longest encoded [`HeadEntry`] (five 10-byte varints).
@@ -80,9 +80,6 @@ impl HeadEntry {
     }
 }
 
-/// Length of the `00 01 | main | sub` tail of a history key.
-pub const REV_TAIL: usize = 2 + REV_BYTES_LEN;
-
 /// Kind byte of a `Tree::KeyHistory` value and first byte of a [`Record`].
 pub const KIND_PUT: u8 = 0;
 pub const KIND_TOMBSTONE: u8 = 1;
@@ -101,17 +98,30 @@ pub fn escape_key(key: &[u8], out: &mut Vec<u8>) {
 
 /// `esc(key) 00 01`: the prefix every history entry of `key` starts with.
 pub fn history_prefix(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 2 + REV_BYTES_LEN);
+    let mut out = Vec::with_capacity(key.len() + 2 + KV_KEY_MAX_LEN);
     escape_key(key, &mut out);
     out.extend_from_slice(&[0x00, 0x01]);
     out
 }
 
-/// `esc(key) 00 01 | main (8 BE) | sub (8 BE)`.
+/// `esc(key) 00 01 | rev.kv_key()` (the revision as `Tree::Kv` keys it:
+/// self-delimiting and order-preserving, so entries sort by key, then
+/// revision).
 pub fn history_key(key: &[u8], rev: Revision) -> Vec<u8> {
     let mut out = history_prefix(key);
-    out.extend_from_slice(&rev.to_bytes());
+    out.extend_from_slice(&rev.kv_key());
     out
+}
+
+/// Splits a history key into the length of its `esc(key) 00 01` prefix and
+/// its revision. `esc` never yields `00 01`, so the first one ends the key.
+pub fn split_history_key(b: &[u8]) -> MvccResult<(usize, Revision)> {
+    let end = b
+        .windows(2)
+        .position(|w| w == [0x00, 0x01])
+        .ok_or_else(|| MvccError::corrupt("key history entry without its terminator"))?
+        + 2;
+    Ok((end, Revision::from_kv_key(&b[end..])?))
 }
 
 /// A bound below every history key of user keys >= `key` and above every
@@ -134,12 +144,8 @@ pub fn history_after(key: &[u8]) -> Vec<u8> {
 
 /// Splits a history key into user key and revision.
 pub fn decode_history_key(b: &[u8]) -> MvccResult<(Vec<u8>, Revision)> {
-    if b.len() < 2 + REV_BYTES_LEN {
-        return Err(MvccError::corrupt("short key history entry"));
-    }
-    let (esc, rev) = b.split_at(b.len() - REV_BYTES_LEN);
-    let rev = Revision::from_bytes(rev)?;
-    let esc = &esc[..esc.len() - 2];
+    let (end, rev) = split_history_key(b)?;
+    let esc = &b[..end - 2];
     let mut key = Vec::with_capacity(esc.len());
     let mut i = 0;
     while i < esc.len() {

@@ -17,7 +17,7 @@ use crate::kv::{ReadView, Store, Tree, WriteView};
 use super::error::{MvccError, MvccResult};
 use super::key_index::{
     history_after, history_key, history_lower, history_prefix, HeadEntry, Record, HEAD_ENTRY_MAX_LEN, KIND_PUT,
-    KIND_TOMBSTONE, REV_TAIL,
+    KIND_TOMBSTONE,
 };
 use super::revision::{le_i64, Revision};
 use super::types::*;
@@ -521,10 +521,7 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
 }
 
 fn history_entry(k: &[u8], v: &[u8]) -> MvccResult<(Revision, u8)> {
-    if k.len() < REV_TAIL {
-        return Err(MvccError::corrupt("short key history entry"));
-    }
-    let rev = Revision::from_bytes(&k[k.len() - 16..])?;
+    let (_, rev) = super::key_index::split_history_key(k)?;
     match v {
         [KIND_PUT] => Ok((rev, KIND_PUT)),
         [KIND_TOMBSTONE] => Ok((rev, KIND_TOMBSTONE)),
