@@ -3,7 +3,8 @@
 //! round, must not grow the file once the history it holds stops growing.
 //! Driven as the server drives it: 1,000 puts per write transaction, a sync
 //! every 10,000 applied entries (`server/src/main.rs`), compaction in steps of
-//! 1,000 in their own transactions (`start_compactor`), then a sync.
+//! 1,000 in their own transactions with a sync every 10 steps
+//! (`start_compactor`), then a sync.
 //! The full-scale figures (1M keys) come from `benches/benches/space.rs` and
 //! are recorded in `docs/mvcc.md` ("Space").
 
@@ -45,6 +46,8 @@ struct Driver {
     kv: KvStore<Db>,
     index: u64,
     unsynced: u64,
+    /// Also compact to the head every this many puts (0: per round only).
+    compact_every: u64,
 }
 
 impl Driver {
@@ -58,6 +61,9 @@ impl Driver {
             }
             w.commit().unwrap();
             self.unsynced += BATCH;
+            if self.compact_every > 0 && round > 0 && (start + BATCH) % self.compact_every == 0 {
+                self.compact();
+            }
             if self.unsynced >= SYNC_EVERY {
                 self.kv.store().sync().unwrap();
                 self.unsynced = 0;
@@ -65,17 +71,26 @@ impl Driver {
         }
     }
 
-    /// Compacts to the head revision, runs the steps to completion, syncs.
+    /// Compacts to the head revision, runs the steps to completion (a sync
+    /// every 10 steps, as the server's compactor), syncs.
     fn compact(&mut self) {
         let mut w = self.kv.write().unwrap();
+        if w.revision() <= w.compact_revision() {
+            return;
+        }
         self.index += 1;
         let rev = w.revision();
         w.compact(self.index, &CompactionRequest { revision: rev, physical: false }).unwrap();
         w.commit().unwrap();
+        let mut steps = 0;
         while self.kv.read().unwrap().compaction_pending() {
             let mut w = self.kv.write().unwrap();
             w.compact_step(1000).unwrap();
             w.commit().unwrap();
+            steps += 1;
+            if steps % 10 == 0 {
+                self.kv.store().sync().unwrap();
+            }
         }
         self.kv.store().sync().unwrap();
         self.unsynced = 0;
@@ -89,11 +104,32 @@ fn growth_step(len: u64) -> u64 {
 
 #[test]
 fn overwritten_and_compacted_file_stops_growing() {
+    // The requirement is file <= 2x live. Not met when compaction runs only
+    // once per overwrite of the whole keyspace: measured 4.01 at this scale
+    // (1.41 in reachable pages; the rest is the round's new versions and the
+    // copy-on-write copies a sync interval pins). Before: 5.04 and 1.51
+    // (one-pass compaction, 16-byte revision keys); 7.06 and 2.68 before
+    // `Tree::KeyHistory` held superseded changes only and siblings merged.
+    // docs/mvcc.md, "Space". The bounds pin what was measured so a
+    // regression shows; tighten them when the gap closes.
+    run(0, 4.3, 1.45);
+}
+
+/// Compaction to the head every 10 % of the keyspace (etcd's periodic
+/// auto-compaction). Measured 2.05x at this scale, where one sync interval
+/// (10,000 puts) rewrites every key-index leaf; 2.02x at 100k keys, 1.80x
+/// at 1M (`benches/benches/space.rs`).
+#[test]
+fn compacting_every_tenth_of_the_keys_stays_near_2x() {
+    run(KEYS / 10, 2.2, 1.45);
+}
+
+fn run(compact_every: u64, max_ratio: f64, max_in_use: f64) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = DbOptions::default();
     opts.debug_check_every = 0; // checked once per round below
     let db = Db::open(dir.path().join("kv.db"), opts).unwrap();
-    let mut d = Driver { kv: KvStore::open(db, Config::default()).unwrap(), index: 0, unsynced: 0 };
+    let mut d = Driver { kv: KvStore::open(db, Config::default()).unwrap(), index: 0, unsynced: 0, compact_every };
     let live = KEYS * (KEY_LEN + VALUE_LEN) as u64;
     let mut rows: Vec<(DbStats, CheckReport)> = Vec::new();
 
@@ -145,17 +181,10 @@ fn overwritten_and_compacted_file_stops_growing() {
         last.high_water,
         settled.high_water
     );
-    // The requirement is file <= 2x live. Not met when compaction runs only
-    // once per overwrite of the whole keyspace: measured 5.04 at this scale
-    // (1.51 in reachable pages; the rest is the round's new versions and the
-    // copy-on-write copies a sync interval pins). Before `Tree::KeyHistory`
-    // held superseded changes only and siblings merged: 7.06 and 2.68.
-    // docs/mvcc.md, "Space". These bounds pin what was measured so a
-    // regression shows; tighten them when the gap closes.
     let ratio = last.file_len as f64 / live as f64;
     let in_use = (last.high_water - last.free_pages) * 4096;
     let in_use_ratio = in_use as f64 / live as f64;
     println!("after round {ROUNDS}: file / live {ratio:.2}, pages in use / live {in_use_ratio:.2} (requirement: file <= 2x live)");
-    assert!(ratio <= 5.5, "file / live {ratio:.2}");
-    assert!(in_use_ratio <= 1.6, "pages in use / live {in_use_ratio:.2}");
+    assert!(ratio <= max_ratio, "file / live {ratio:.2}");
+    assert!(in_use_ratio <= max_in_use, "pages in use / live {in_use_ratio:.2}");
 }
