@@ -487,7 +487,10 @@ impl EtcdServer {
     /// etcd's `LeaseRenew`: on the leader, or forwarded to it. `Ok(None)`
     /// when the lease does not exist.
     pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>, Status> {
-        if self.leader().is_some_and(|l| l != self.member_id) {
+        // Wait for a leader first (an election may be under way), then
+        // renew here or on it.
+        let leader = self.wait_leader(Instant::now() + self.request_timeout()).await?;
+        if leader != self.member_id {
             if let Some(b) = self.call_leader(crate::peer_service::PeerMsg::LeaseRenew, &id.to_le_bytes()).await? {
                 return Ok(b.get(..8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or_default())));
             }
@@ -508,7 +511,8 @@ impl EtcdServer {
     /// `(granted TTL, remaining)` from the primary lessor (the leader's,
     /// asked over the peer transport on a follower), `None` for an unknown lease.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
-        if self.leader().is_some_and(|l| l != self.member_id) {
+        let leader = self.wait_leader(Instant::now() + self.request_timeout()).await?;
+        if leader != self.member_id {
             if let Some(b) = self.call_leader(crate::peer_service::PeerMsg::LeaseTimeToLive, &id.to_le_bytes()).await? {
                 if b.len() < 16 {
                     return Ok(None);
