@@ -25,9 +25,8 @@ use std::time::Instant;
 use ironcd_engine::btree::{Db, DbOptions};
 use ironcd_engine::kv::{Store, Tree};
 use ironcd_engine::mvcc::*;
+use ironcd_engine::workload::{key, value, KEY_LEN, VALUE_LEN};
 
-const KEY_LEN: usize = 64;
-const VALUE_LEN: usize = 256;
 /// Puts per write transaction (one apply batch).
 const BATCH: u64 = 1_000;
 /// Applied entries between syncs, the server's `sync_every`.
@@ -38,24 +37,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Key `i`: 64 bytes; consecutive `i` land at random places in key order.
-fn key(i: u64) -> Vec<u8> {
-    let mut k = format!("/registry/space/{:016x}/", splitmix64(i)).into_bytes();
-    k.resize(KEY_LEN, b'k');
-    k
-}
-
-fn value(round: u64, i: u64) -> Vec<u8> {
-    let seed = splitmix64(i ^ (round << 40)).to_le_bytes();
-    (0..VALUE_LEN).map(|j| seed[j % 8] ^ j as u8).collect()
-}
 
 /// Pages and bytes of one tree, from a walk of the file.
 #[derive(Default, Clone, Copy)]

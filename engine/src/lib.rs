@@ -13,3 +13,4 @@ pub mod kv;
 pub mod wal;
 pub mod btree;
 pub mod mvcc;
+pub mod workload;

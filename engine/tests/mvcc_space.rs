@@ -11,10 +11,9 @@
 use ironcd_engine::btree::{CheckReport, Db, DbOptions, DbStats};
 use ironcd_engine::kv::{Store, Tree};
 use ironcd_engine::mvcc::*;
+use ironcd_engine::workload::{key, value, KEY_LEN, VALUE_LEN};
 
 const KEYS: u64 = 10_000;
-const KEY_LEN: usize = 64;
-const VALUE_LEN: usize = 256;
 const ROUNDS: u32 = 10;
 /// Puts per write transaction (one apply batch).
 const BATCH: u64 = 1_000;
@@ -23,24 +22,6 @@ const SYNC_EVERY: u64 = 10_000;
 /// Round after which the file must have stopped growing.
 const SETTLED: u32 = 5;
 
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Key `i`: 64 bytes; consecutive `i` land at random places in key order.
-fn key(i: u64) -> Vec<u8> {
-    let mut k = format!("/registry/space/{:016x}/", splitmix64(i)).into_bytes();
-    k.resize(KEY_LEN, b'k');
-    k
-}
-
-fn value(round: u32, i: u64) -> Vec<u8> {
-    let seed = splitmix64(i ^ (u64::from(round) << 40)).to_le_bytes();
-    (0..VALUE_LEN).map(|j| seed[j % 8] ^ j as u8).collect()
-}
 
 struct Driver {
     kv: KvStore<Db>,
@@ -57,7 +38,7 @@ impl Driver {
             let mut w = self.kv.write().unwrap();
             for i in start..(start + BATCH).min(KEYS) {
                 self.index += 1;
-                w.put(self.index, &PutRequest { key: key(i), value: value(round, i), ..Default::default() }).unwrap();
+                w.put(self.index, &PutRequest { key: key(i), value: value(u64::from(round), i), ..Default::default() }).unwrap();
             }
             w.commit().unwrap();
             self.unsynced += BATCH;

@@ -11,8 +11,7 @@
 
 use crate::bench;
 use crate::procs::{self, Kind, Server};
-use crate::report::Report;
-use crate::sideby::{order, record_report, res_elapsed, run_load, Env, Load, Results, SideArgs, RANGE_KEY};
+use crate::sideby::{order, record_run, res_elapsed, run_load, Env, Load, Results, SideArgs, RANGE_KEY};
 use crate::svg::{self, Series, ETCD_COLOR, IRONCD_COLOR};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -386,7 +385,7 @@ pub(crate) async fn suite(env: &Env, a: &SideArgs, kinds: &[Kind], res: &mut Res
                 let cpu0 = (c.cpu(), procs::cpu_time(std::process::id()));
                 let run = run_load(env, &c.endpoints(), *leader, load).await;
                 let cpu1 = (c.cpu(), procs::cpu_time(std::process::id()));
-                record(res, name, k, rep, run, cpu0, cpu1);
+                record_run(res, name, k, rep, run, cpu0, cpu1);
             }
         }
     }
@@ -403,38 +402,6 @@ fn brief(s: &str) -> String {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
-}
-
-type Cpu = (Option<Duration>, Option<Duration>);
-
-fn record(res: &mut Results, name: &str, k: Kind, rep: usize, run: Result<Report, String>, cpu0: Cpu, cpu1: Cpu) {
-    match run {
-        Ok(r) if r.unimplemented => res.note(name, k, "not built yet: the server answers Unimplemented"),
-        Ok(r) => {
-            eprintln!(
-                "         {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors{}",
-                r.rps,
-                r.percentile(50.0).unwrap_or(0.0) * 1e3,
-                r.percentile(99.0).unwrap_or(0.0) * 1e3,
-                r.errors,
-                r.stopped_early.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
-            );
-            if r.ok == 0 {
-                res.note(name, k, &format!("no successful request: {:?}", r.error_counts));
-            } else if r.errors > 0 {
-                res.note(name, k, &format!("{} errors: {:?}", r.errors, r.error_counts));
-            }
-            if r.ok > 0 {
-                record_report(res, name, k, rep, &r);
-                if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu0, cpu1) {
-                    let n = r.ok as f64;
-                    res.add(name, "server CPU µs/req", k, rep, (c - a).as_secs_f64() * 1e6 / n);
-                    res.add(name, "client CPU µs/req", k, rep, (d - b).as_secs_f64() * 1e6 / n);
-                }
-            }
-        }
-        Err(e) => res.note(name, k, &format!("could not run: {e}")),
-    }
 }
 
 fn short(w: &str) -> String {

@@ -407,6 +407,54 @@ pub(crate) async fn run_load(env: &Env, endpoints: &[String], target_leader: boo
     Ok(r)
 }
 
+/// CPU time of the server and of this process, before or after a run.
+pub(crate) type Cpu = (Option<Duration>, Option<Duration>);
+
+/// Records one run of one workload against one kind: its figures, CPU per
+/// request (far less sensitive to a busy machine than throughput) and notes.
+/// Returns whether the server answered `Unimplemented`.
+pub(crate) fn record_run(
+    res: &mut Results,
+    name: &str,
+    k: Kind,
+    rep: usize,
+    run: Result<Report, String>,
+    cpu0: Cpu,
+    cpu1: Cpu,
+) -> bool {
+    match run {
+        Ok(r) if r.unimplemented => {
+            res.note(name, k, "not built yet: the server answers Unimplemented");
+            return true;
+        }
+        Ok(r) => {
+            eprintln!(
+                "         {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors{}",
+                r.rps,
+                r.percentile(50.0).unwrap_or(0.0) * 1e3,
+                r.percentile(99.0).unwrap_or(0.0) * 1e3,
+                r.errors,
+                r.stopped_early.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+            );
+            if r.ok == 0 {
+                res.note(name, k, &format!("no successful request: {:?}", r.error_counts));
+            } else if r.errors > 0 {
+                res.note(name, k, &format!("{} errors: {:?}", r.errors, r.error_counts));
+            }
+            if r.ok > 0 {
+                record_report(res, name, k, rep, &r);
+                if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu0, cpu1) {
+                    let n = r.ok as f64;
+                    res.add(name, "server CPU µs/req", k, rep, (c - a).as_secs_f64() * 1e6 / n);
+                    res.add(name, "client CPU µs/req", k, rep, (d - b).as_secs_f64() * 1e6 / n);
+                }
+            }
+        }
+        Err(e) => res.note(name, k, &format!("could not run: {e}")),
+    }
+    false
+}
+
 pub(crate) fn record_report(res: &mut Results, name: &str, k: Kind, rep: usize, r: &Report) {
     // watch latency: "requests" are events received, paced by the put rate.
     res.add(name, if name.starts_with("watch latency") { "events/s" } else { "req/s" }, k, rep, r.rps);
@@ -511,36 +559,8 @@ async fn latency_suite(env: &Env, res: &mut Results) -> Result<(), String> {
                 let cpu0 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
                 let run = run_load(env, std::slice::from_ref(&url), false, load).await;
                 let cpu1 = (procs::cpu_time(pid), procs::cpu_time(std::process::id()));
-                match run {
-                    Ok(r) if r.unimplemented => {
-                        res.note(name, k, "not built yet: the server answers Unimplemented");
-                        unimpl.insert((name.clone(), k), true);
-                    }
-                    Ok(r) => {
-                        eprintln!(
-                            "         {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors{}",
-                            r.rps,
-                            r.percentile(50.0).unwrap_or(0.0) * 1e3,
-                            r.percentile(99.0).unwrap_or(0.0) * 1e3,
-                            r.errors,
-                            r.stopped_early.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
-                        );
-                        if r.ok == 0 {
-                            res.note(name, k, &format!("no successful request: {:?}", r.error_counts));
-                        } else if r.errors > 0 {
-                            res.note(name, k, &format!("{} errors: {:?}", r.errors, r.error_counts));
-                        }
-                        if r.ok > 0 {
-                            record_report(res, name, k, rep, &r);
-                            // CPU per request: far less sensitive to a busy machine than throughput.
-                            if let ((Some(a), Some(b)), (Some(c), Some(d))) = (cpu0, cpu1) {
-                                let n = r.ok as f64;
-                                res.add(name, "server CPU µs/req", k, rep, (c - a).as_secs_f64() * 1e6 / n);
-                                res.add(name, "client CPU µs/req", k, rep, (d - b).as_secs_f64() * 1e6 / n);
-                            }
-                        }
-                    }
-                    Err(e) => res.note(name, k, &format!("could not run: {e}")),
+                if record_run(res, name, k, rep, run, cpu0, cpu1) {
+                    unimpl.insert((name.clone(), k), true);
                 }
             }
         }

@@ -963,24 +963,13 @@ mod tests {
     /// clients x 3000 ops on one key ~2 s; 10 clients with 1 write in 20
     /// unknown ~0.2 s; with 1 in 5 unknown, inconclusive after 50M steps.)
     #[test]
-    #[ignore]
-    fn explore_scaling() {
-        for (seed, clients, n, u) in [(1, 20, 1500, 1000000), (1, 20, 2000, 1000000), (1,20, 2500, 1000000), (2, 20, 3000, 1000000), (3, 20, 3000, 1000000), (4, 10, 3000, 1000000), (5, 10, 3000, 20), (6, 10, 3000, 5)] {
-            let h = simulate_u(seed, clients, n, 1, u);
-            let t = Instant::now();
-            let r = check(&h, Budget { max_steps: 50_000_000, max_time: Duration::from_secs(20) });
-            eprintln!("seed {seed} clients {clients} n {n} unknown 1/{u}: {r} in {:?}", t.elapsed());
-        }
-    }
-
-    #[test]
-    fn large_concurrent_history_is_fast() {
-        // 10 clients on one key, 3000 operations, 1 write in 20 unknown.
+    fn large_concurrent_history_is_decided_within_a_step_budget() {
+        // 10 clients on one key, 3000 operations, 1 write in 20 unknown: the
+        // search must decide within a bounded number of steps (not time:
+        // the machine is shared), as the fault test's histories need.
         let h = simulate_u(5, 10, 3000, 1, 20);
-        let t = Instant::now();
-        let r = run(&h);
+        let r = check(&h, Budget { max_steps: 5_000_000, max_time: Duration::from_secs(3600) });
         assert_eq!(r, CheckResult::Ok, "{r}");
-        assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
     }
 
     #[test]
