@@ -79,14 +79,31 @@ fn put_strs(buf: &mut BytesMut, v: &[String]) {
     }
 }
 
+/// Bytes [`encode_entry`] will need, roughly (exact for blank and normal entries).
+pub fn encoded_entry_len(entry: &Entry) -> usize {
+    ENTRY_HEADER
+        + match &entry.payload {
+            EntryPayload::Blank => 0,
+            EntryPayload::Normal(r) => r.0.len(),
+            EntryPayload::Membership(_) => 64,
+        }
+}
+
 /// Encodes a log entry.
 pub fn encode_entry(entry: &Entry) -> Bytes {
-    let (kind, extra) = match &entry.payload {
-        EntryPayload::Blank => (KIND_BLANK, 0),
-        EntryPayload::Normal(r) => (KIND_NORMAL, r.0.len()),
-        EntryPayload::Membership(_) => (KIND_MEMBERSHIP, 64),
+    let mut buf = BytesMut::with_capacity(encoded_entry_len(entry));
+    encode_entry_into(&mut buf, entry);
+    buf.freeze()
+}
+
+/// Appends the encoding of a log entry to `buf` (the peer transport writes
+/// entries straight into its frame this way).
+pub fn encode_entry_into(buf: &mut BytesMut, entry: &Entry) {
+    let kind = match &entry.payload {
+        EntryPayload::Blank => KIND_BLANK,
+        EntryPayload::Normal(_) => KIND_NORMAL,
+        EntryPayload::Membership(_) => KIND_MEMBERSHIP,
     };
-    let mut buf = BytesMut::with_capacity(ENTRY_HEADER + extra);
     buf.put_u8(VERSION);
     buf.put_u8(kind);
     buf.put_u64_le(entry.log_id.leader_id.term);
@@ -94,9 +111,8 @@ pub fn encode_entry(entry: &Entry) -> Bytes {
     match &entry.payload {
         EntryPayload::Blank => {}
         EntryPayload::Normal(r) => buf.put_slice(&r.0),
-        EntryPayload::Membership(m) => encode_membership(&mut buf, m),
+        EntryPayload::Membership(m) => encode_membership(buf, m),
     }
-    buf.freeze()
 }
 
 pub(crate) fn encode_membership(buf: &mut BytesMut, m: &Membership) {

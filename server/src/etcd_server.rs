@@ -115,7 +115,7 @@ impl EtcdServer {
     pub fn locate(&self, id: u64) {
         let m = self.raft.metrics().borrow_watched().membership_config.clone();
         if let Some(node) = m.membership().get_node(&id) {
-            self.peers.set_urls(id, node.peer_urls.clone());
+            self.peers.set_urls(id, &node.peer_urls);
         }
     }
 

@@ -41,9 +41,9 @@ pub struct Transfer {
     pub member_dir: PathBuf,
 }
 
+/// The chunks of a snapshot, then its checksum; `None` once both were sent.
 struct Source {
     writer: Option<SnapshotWriter>,
-    checksum_sent: bool,
 }
 
 impl SnapshotSource for Source {
@@ -51,15 +51,11 @@ impl SnapshotSource for Source {
         let Some(w) = self.writer.as_mut() else {
             return Ok(None);
         };
-        match w.next_chunk().map_err(io::Error::other)? {
-            Some((chunk, _)) => Ok(Some(Bytes::from(chunk))),
-            None if !self.checksum_sent => {
-                self.checksum_sent = true;
-                let w = self.writer.take().expect("writer present");
-                Ok(Some(Bytes::copy_from_slice(&w.checksum())))
-            }
-            None => Ok(None),
+        if let Some((chunk, _)) = w.next_chunk().map_err(io::Error::other)? {
+            return Ok(Some(Bytes::from(chunk)));
         }
+        // Every chunk went out: the checksum comes last.
+        Ok(self.writer.take().map(|w| Bytes::copy_from_slice(&w.checksum())))
     }
 }
 
@@ -88,7 +84,7 @@ impl SnapshotTransfer<StoreSnapshot> for Transfer {
         match s {
             StoreSnapshot::Pinned(snap) => {
                 let writer = SnapshotWriter::new(snap.clone()).map_err(io::Error::other)?;
-                Ok(Box::new(Source { writer: Some(writer), checksum_sent: false }))
+                Ok(Box::new(Source { writer: Some(writer) }))
             }
             StoreSnapshot::Received(_) => Err(io::Error::other("a received snapshot is not sent on")),
         }

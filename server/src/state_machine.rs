@@ -100,7 +100,6 @@ pub struct StateMachine {
     sync_running: Rc<std::cell::Cell<bool>>,
     /// A background sync failed: the store is poisoned, applying must stop.
     sync_failed: Rc<std::cell::RefCell<Option<String>>>,
-    snapshot: Option<Meta>,
     /// Called after each published batch with its events (revision order)
     /// and the store's revision after the batch (watch hub).
     on_apply: OnApply,
@@ -143,7 +142,6 @@ impl StateMachine {
             sync_every: sync_every.max(1),
             sync_running: Rc::default(),
             sync_failed: Rc::default(),
-            snapshot: None,
             on_apply,
             on_lease: None,
             waiters,
@@ -386,10 +384,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachineSnapshotBuilder {
-        self.snapshot = Some(Meta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-        });
         StateMachineSnapshotBuilder { kv: self.kv.clone() }
     }
 
@@ -408,7 +402,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (applied, membership) = load_applied_state(&self.kv.store().snapshot())?;
         self.applied = applied;
         self.membership = membership;
-        self.snapshot = Some(meta.clone());
         self.unsynced = 0;
         tracing::info!(
             last_log_id = ?meta.last_log_id,

@@ -227,10 +227,11 @@ impl Peers {
     }
 
     /// Records (or updates) where member `id` listens.
-    pub fn set_urls(&self, id: u64, urls: Vec<String>) {
-        let changed = self.urls.borrow().get(&id) != Some(&urls);
+    /// Called for every forwarded request: allocates only on a change.
+    pub fn set_urls(&self, id: u64, urls: &[String]) {
+        let changed = self.urls.borrow().get(&id).is_none_or(|u| u.as_slice() != urls);
         if changed {
-            self.urls.borrow_mut().insert(id, urls);
+            self.urls.borrow_mut().insert(id, urls.to_vec());
             self.slots.borrow_mut().remove(&id);
         }
     }

@@ -62,7 +62,7 @@ impl<S: 'static> RaftNetworkFactory<TypeConfig> for PeerNetworkFactory<S> {
     type Network = PeerNetwork<S>;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerNetwork<S> {
-        self.peers.set_urls(target, node.peer_urls.clone());
+        self.peers.set_urls(target, &node.peer_urls);
         PeerNetwork { target, peers: self.peers.clone(), snapshots: self.snapshots.clone(), _s: PhantomData }
     }
 }

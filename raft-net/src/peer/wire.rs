@@ -239,19 +239,19 @@ pub fn decode_vote_response(p: &[u8]) -> Result<VoteResponse<TypeConfig>, WireEr
 }
 
 pub fn encode_append_request(a: &AppendEntriesRequest<TypeConfig>) -> Bytes {
-    let size: usize = a.entries.iter().map(|e| match &e.payload {
-        crate::EntryPayload::Normal(r) => r.0.len() + 24,
-        _ => 128,
-    }).sum();
+    let size: usize = a.entries.iter().map(|e| 4 + codec::encoded_entry_len(e)).sum();
     let mut b = BytesMut::with_capacity(64 + size);
     put_vote(&mut b, &a.vote);
     put_opt_log_id(&mut b, a.prev_log_id.as_ref());
     put_opt_log_id(&mut b, a.leader_commit.as_ref());
     b.put_u32_le(a.entries.len() as u32);
     for e in &a.entries {
-        let enc = codec::encode_entry(e);
-        b.put_u32_le(enc.len() as u32);
-        b.put_slice(&enc);
+        // Length prefix patched after encoding the entry in place.
+        let at = b.len();
+        b.put_u32_le(0);
+        codec::encode_entry_into(&mut b, e);
+        let len = (b.len() - at - 4) as u32;
+        b[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
     b.freeze()
 }

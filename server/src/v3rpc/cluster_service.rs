@@ -226,7 +226,7 @@ impl EtcdServer {
             .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(r.id, node)])), true)
             .await
             .map_err(change_err)?;
-        self.peers.set_urls(r.id, r.peer_ur_ls);
+        self.peers.set_urls(r.id, &r.peer_ur_ls);
         Ok(pb::MemberUpdateResponse { header: self.header_info().header(0), members: self.list_response() })
     }
 
