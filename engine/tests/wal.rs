@@ -73,6 +73,30 @@ fn real_disk_round_trip_rollover_and_reopen() {
     assert!(names.iter().any(|n| n == "0000000000000000-0000000000000000.wal"), "{names:?}");
 }
 
+/// WAL writes complete by interrupt on glommio's main ring, never on its
+/// poll ring, where the executor would have to spin until each write and
+/// `fdatasync` completes (see `decline_poll_ring`). Runs on the target
+/// directory's disk, not /tmp, which may be tmpfs (no DMA at all there).
+#[test]
+fn dma_writes_use_the_main_ring() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = tmp.path().join("wal");
+    run(async {
+        let wal = Wal::open_dir(&path, small()).await.unwrap();
+        let _ = glommio::executor().io_stats(); // reset the counters
+        for i in 1..=20u64 {
+            wal.append([(i, data(i, 300))]).await.unwrap();
+        }
+        let stats = glommio::executor().io_stats();
+        wal.close().await.unwrap();
+        assert_eq!(stats.poll_ring.file_writes().0, 0, "WAL writes went to the busy-polled ring");
+        assert!(stats.main_ring.file_writes().0 >= 20, "main ring writes: {:?}", stats.main_ring.file_writes());
+    });
+    let names: Vec<String> =
+        std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n == ironcd_engine::wal::POLL_PROBE_NAME), "{names:?}");
+}
+
 #[test]
 fn real_disk_purge_recycles_segments_and_bounds_disk_use() {
     let tmp = tempfile::tempdir().unwrap();

@@ -70,7 +70,9 @@ fn init_logging(level: &str) {
         .json()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
-            "{level},glommio=warn,openraft=error"
+            // glommio::reactor's only message is the failed iopoll probe
+            // that the WAL causes on purpose (engine/src/wal/io.rs).
+            "{level},glommio=warn,glommio::reactor=off,openraft=error"
         )))
         .init();
 }

@@ -73,6 +73,9 @@ impl WalIo for DmaIo {
     }
 
     async fn create_zeroed(&self, path: &Path, size: u64) -> io::Result<DmaIoFile> {
+        if let Some(dir) = path.parent() {
+            decline_poll_ring(dir).await;
+        }
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(path).await?;
         file.pre_allocate(size, false).await?;
         // fallocate alone leaves unwritten extents, and the first write into
@@ -93,6 +96,9 @@ impl WalIo for DmaIo {
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaIoFile> {
+        if let Some(dir) = path.parent() {
+            decline_poll_ring(dir).await;
+        }
         let file = OpenOptions::new().read(true).write(true).dma_open(path).await?;
         Ok(DmaIoFile(Rc::new(file)))
     }
@@ -112,6 +118,44 @@ impl WalIo for DmaIo {
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         std::fs::File::open(dir)?.sync_all()
     }
+}
+
+thread_local! {
+    static POLL_RING_DECLINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Name of the scratch file [`decline_poll_ring`] opens (and removes) in the
+/// WAL directory.
+pub const POLL_PROBE_NAME: &str = ".iopoll-probe";
+
+/// Makes this executor thread's glommio reactor send DMA reads and writes on
+/// the WAL's device to its interrupt-driven main ring, not its poll ring.
+///
+/// glommio probes each block device once per thread, on the first `DmaFile`
+/// opened there, with an `IOPOLL` read; where the read succeeds it puts every
+/// later DMA I/O on that device on the poll ring, whose completions are found
+/// only by polling. On this kind of machine (virtio disk without poll queues)
+/// the probe succeeds, and while a WAL write and its `fdatasync` were in
+/// flight the executor could not sleep: it entered io_uring 80-140 times per
+/// single-client put and spent a third of its CPU doing so (docs/wal.md,
+/// "Interrupts, not polling"). A write-only file fails that probe read
+/// (glommio 0.9 then caches "no iopoll" for the device, as its issue #670
+/// describes), so opening one first is how we choose interrupts. glommio logs
+/// the failed probe at error level under `glommio::reactor`; the server
+/// filters that target out. `wal::tests::dma_writes_use_the_main_ring`
+/// checks the outcome, so a glommio upgrade that changes it is noticed.
+async fn decline_poll_ring(dir: &Path) {
+    if POLL_RING_DECLINED.with(|d| d.replace(true)) {
+        return;
+    }
+    let probe = dir.join(POLL_PROBE_NAME);
+    match OpenOptions::new().write(true).create(true).truncate(true).dma_open(&probe).await {
+        Ok(f) => {
+            let _ = f.close().await;
+        }
+        Err(e) => tracing::debug!(error = %e, "could not open the poll-ring probe file"),
+    }
+    let _ = std::fs::remove_file(&probe);
 }
 
 impl WalFile for DmaIoFile {

@@ -139,6 +139,8 @@ pub(crate) async fn recover<I: WalIo>(io: &I, dir: &Path) -> Result<Recovered, W
         if name.ends_with(".tmp") {
             // A spare being prepared when the process stopped; never holds records.
             io.remove(&path).await.map_err(|e| WalError::io(format!("removing {}", path.display()), e))?;
+        } else if name == super::io::POLL_PROBE_NAME {
+            // Left by a stop between creating and removing it; never holds records.
         } else if let Some((seq, first)) = parse_segment_file_name(&name) {
             found.push((seq, first, path));
         } else {
