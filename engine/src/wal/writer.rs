@@ -2,7 +2,7 @@
 //! purging. It is the only code that writes segment files after open.
 //!
 //! Invariant: at most one batch is ever unsynced — the next batch is written
-//! only after the previous one's `fdatasync` returned. Recovery's torn-tail
+//! only after the previous one was durable (its `O_DSYNC` write completed, or its `fdatasync` returned). Recovery's torn-tail
 //! rule depends on it.
 
 use std::collections::VecDeque;
