@@ -39,6 +39,17 @@ impl Rng {
     }
 }
 
+/// User + system CPU time of this process so far, in clock ticks (from
+/// `/proc/self/stat`; 0 where that is missing). Less disturbed than wall
+/// time by other work on a shared machine.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -64,6 +75,7 @@ fn main() {
     let sync_every: usize = std::env::var("BTREE_SYNC_EVERY").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let mut rng = Rng(11);
     let (mut tput, mut tcommit) = (Vec::new(), Vec::new());
+    let (cpu0, cpu1);
     if redb_mode {
         let path = dir.join("redb.db");
         let mut i = if path.exists() { n } else { 0 };
@@ -81,6 +93,7 @@ fn main() {
             i += 20_000;
         }
         eprintln!("ready in {:?}", t.elapsed());
+        cpu0 = cpu_ticks();
         for _ in 0..rounds {
             let t0 = Instant::now();
             let mut w = db.begin_write().unwrap();
@@ -97,6 +110,7 @@ fn main() {
             tput.push(t1 - t0);
             tcommit.push(t1.elapsed());
         }
+        cpu1 = cpu_ticks();
     } else {
         let path = dir.join("kv.db");
         let mut i = if path.exists() { n } else { 0 };
@@ -111,6 +125,7 @@ fn main() {
         }
         db.sync().unwrap();
         eprintln!("ready in {:?}", t.elapsed());
+        cpu0 = cpu_ticks();
         for r in 0..rounds {
             let t0 = Instant::now();
             let mut w = db.begin_write().unwrap();
@@ -126,11 +141,14 @@ fn main() {
                 db.sync().unwrap();
             }
         }
+        cpu1 = cpu_ticks();
         db.sync().unwrap();
         eprintln!("{:?}", db.stats().unwrap());
     }
+    // Ticks are 10 ms: CPU ms per round.
+    let cpu = (cpu1 - cpu0) as f64 * 10.0 / rounds as f64;
     eprintln!(
-        "{}: {rounds} rounds of 1,000 puts: puts median {:?}, commit median {:?}",
+        "{}: {rounds} rounds of 1,000 puts: puts median {:?}, commit median {:?}, cpu {cpu:.2} ms/round",
         if redb_mode { "redb" } else { "ironcd" },
         median(tput),
         median(tcommit)

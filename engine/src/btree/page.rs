@@ -304,6 +304,43 @@ impl<'a> NodePage<'a> {
         Ok((k, v))
     }
 
+    /// Key `i` of a branch and the child to its right (child `i + 1`), in
+    /// one decode of the cell.
+    #[inline]
+    pub(crate) fn branch_cell(&self, i: usize) -> StoreResult<(Ref, u64)> {
+        let (k, _, next) = self.key_at(i)?;
+        let c = rd_u64(self.data, next).ok_or_else(|| corrupt(self.id, "child pointer out of bounds"))?;
+        Ok((k, c))
+    }
+
+    /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
+    /// inline key and value is sized from its two length fields; anything
+    /// else goes through [`Self::leaf_entry`], which reports what is wrong.
+    #[inline]
+    pub(crate) fn leaf_entry_size(&self, i: usize) -> StoreResult<usize> {
+        let fast = || -> Option<usize> {
+            let slots = self.slots_off();
+            if i >= self.count {
+                return None;
+            }
+            let off = rd_u16(self.data, slots + 2 * i)? as usize;
+            if off < slots + 2 * self.count || *self.data.get(off)? != 0 {
+                return None;
+            }
+            let klen = rd_u16(self.data, off + 1)? as usize;
+            let vlen = rd_u16(self.data, off + 3 + klen)? as usize;
+            let ok = key_inline(klen) && value_inline(klen, vlen) && off + 5 + klen + vlen <= PAGE_SIZE;
+            ok.then(|| leaf_entry_len(klen, vlen))
+        };
+        match fast() {
+            Some(n) => Ok(n),
+            None => {
+                let (k, v) = self.leaf_entry(i)?;
+                Ok(leaf_entry_len(k.len(), v.len()))
+            }
+        }
+    }
+
     /// Child `i` of a branch, `0..=count`.
     pub(crate) fn child(&self, i: usize) -> StoreResult<u64> {
         let bad = || corrupt(self.id, "child pointer out of bounds");
@@ -340,9 +377,11 @@ fn part_len(r: &EncRef<'_>) -> usize {
 
 /// A zeroed page with its header, and the offset where `cells_len` bytes of
 /// cells start when packed at the end of the page.
-fn layout(kind: u8, id: u64, txid: u64, slots_at: usize, n: usize, cells_len: usize) -> (Vec<u8>, usize) {
+/// `buf` is a recycled buffer (any contents) or empty.
+fn layout(mut buf: Vec<u8>, kind: u8, id: u64, txid: u64, slots_at: usize, n: usize, cells_len: usize) -> (Vec<u8>, usize) {
     assert!(slots_at + 2 * n + cells_len <= PAGE_SIZE, "node encoding overflowed its page: a sizing bug");
-    let mut buf = vec![0u8; PAGE_SIZE];
+    buf.clear();
+    buf.resize(PAGE_SIZE, 0);
     header(&mut buf, kind, n as u16, id, txid);
     (buf, PAGE_SIZE - cells_len)
 }
@@ -363,9 +402,15 @@ fn put_part_at(buf: &mut [u8], at: usize, r: EncRef<'_>) -> usize {
 }
 
 /// Encodes a leaf page. The caller sized `entries` to fit (see [`leaf_entry_len`]).
+#[cfg(test)]
 pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
+    encode_leaf_into(Vec::new(), id, txid, entries)
+}
+
+/// [`encode_leaf`] into a recycled buffer.
+pub(crate) fn encode_leaf_into(buf: Vec<u8>, id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
     let cells: usize = entries.iter().map(|(k, v)| 1 + part_len(k) + part_len(v)).sum();
-    let (mut buf, mut at) = layout(KIND_LEAF, id, txid, HEADER_LEN, entries.len(), cells);
+    let (mut buf, mut at) = layout(buf, KIND_LEAF, id, txid, HEADER_LEN, entries.len(), cells);
     for (i, (k, v)) in entries.iter().enumerate() {
         buf[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
         buf[at] = flag(k, FLAG_KEY_OVF) | flag(v, FLAG_VAL_OVF);
@@ -377,10 +422,16 @@ pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>
 }
 
 /// Encodes a branch page: `children.len() == keys.len() + 1`.
+#[cfg(test)]
 pub(crate) fn encode_branch(id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
+    encode_branch_into(Vec::new(), id, txid, keys, children)
+}
+
+/// [`encode_branch`] into a recycled buffer.
+pub(crate) fn encode_branch_into(buf: Vec<u8>, id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
     assert_eq!(children.len(), keys.len() + 1);
     let cells: usize = keys.iter().map(|k| 1 + part_len(k) + 8).sum();
-    let (mut buf, mut at) = layout(KIND_BRANCH, id, txid, HEADER_LEN + 8, keys.len(), cells);
+    let (mut buf, mut at) = layout(buf, KIND_BRANCH, id, txid, HEADER_LEN + 8, keys.len(), cells);
     buf[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&children[0].to_le_bytes());
     for (i, (k, c)) in keys.iter().zip(&children[1..]).enumerate() {
         let s = HEADER_LEN + 8 + 2 * i;
@@ -410,14 +461,16 @@ pub(crate) struct LeafBuf {
 }
 
 impl LeafBuf {
-    /// Copies a verified leaf page. Reads only the slots: cells are checked
-    /// when they are read.
-    pub(crate) fn from_page(page: &NodePage<'_>) -> StoreResult<LeafBuf> {
+    /// Copies a verified leaf page into `buf` (a recycled buffer or empty).
+    /// Reads only the slots: cells are checked when they are read.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<LeafBuf> {
         let mut cell_lo = PAGE_SIZE;
         for i in 0..page.count {
             cell_lo = cell_lo.min(page.cell(i)?);
         }
-        Ok(LeafBuf { buf: page.data.to_vec(), count: page.count, cell_lo, garbage: 0 })
+        buf.clear();
+        buf.extend_from_slice(page.data);
+        Ok(LeafBuf { buf, count: page.count, cell_lo, garbage: 0 })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -439,8 +492,7 @@ impl LeafBuf {
         let view = self.view();
         let mut size = 0;
         for i in 0..self.count {
-            let (k, v) = view.leaf_entry(i)?;
-            size += leaf_entry_len(k.len(), v.len());
+            size += view.leaf_entry_size(i)?;
         }
         Ok(size)
     }
@@ -462,6 +514,22 @@ impl LeafBuf {
         self.set_count(self.count - 1);
         self.garbage += leaf_entry_len(k.len(), v.len()) - 2;
         Ok((k, v))
+    }
+
+    /// Overwrites the value of entry `i` in place when it is inline and
+    /// exactly `value.len()` bytes long (no garbage, nothing moves); `false`
+    /// otherwise, changing nothing.
+    pub(crate) fn replace_same_len(&mut self, i: usize, value: &[u8]) -> StoreResult<bool> {
+        let view = self.view();
+        let id = view.id;
+        match view.leaf_entry(i)?.1 {
+            Ref::Inline { off, len } if len == value.len() => {
+                let dst = self.buf.get_mut(off..off + len).ok_or_else(|| corrupt(id, "cell out of bounds"))?;
+                dst.copy_from_slice(value);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Inserts an inline entry as entry `i`; `false` if it does not fit.
@@ -720,7 +788,7 @@ mod tests {
     #[test]
     fn leaf_buf_replaces_compacts_and_fills() {
         let page = encode_leaf(9, 1, &[(EncRef::Inline(b"a"), EncRef::Inline(b"1")), (EncRef::Inline(b"c"), EncRef::Inline(b"3"))]);
-        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap()).unwrap();
+        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap(), Vec::new()).unwrap();
         // Replacing one entry many times leaves garbage that compaction reclaims.
         for round in 0..40u8 {
             lb.remove(1).unwrap();
