@@ -304,6 +304,17 @@ impl<'a> NodePage<'a> {
         Ok((k, v))
     }
 
+    /// Offset of the lowest cell (`PAGE_SIZE` for no cells): a leaf's
+    /// entries take `PAGE_SIZE - cells_start + 2 * count` bytes when its
+    /// cells are packed, as every page this build writes has them.
+    pub(crate) fn cells_start(&self) -> StoreResult<usize> {
+        let mut lo = PAGE_SIZE;
+        for i in 0..self.count {
+            lo = lo.min(self.cell(i)?);
+        }
+        Ok(lo)
+    }
+
     /// Key `i` of a branch and the child to its right (child `i + 1`), in
     /// one decode of the cell.
     #[inline]
@@ -454,22 +465,27 @@ pub(crate) struct LeafBuf {
     count: usize,
     /// Lowest cell offset: the free gap is `slots_end()..cell_lo`.
     cell_lo: usize,
-    /// Bytes of cells removed since the last compaction; the cell area may
-    /// hold more garbage than this (from earlier transactions), so
-    /// [`LeafBuf::size`] is an upper bound until [`LeafBuf::compact`] runs.
+    /// Bytes of cells removed since the last compaction. A page is written
+    /// compacted when this is non-zero, so the cells of a page this build
+    /// wrote are packed and [`LeafBuf::size`] is exact; a page written by an
+    /// older build may hold more garbage, and then it is an upper bound.
     garbage: usize,
 }
 
 impl LeafBuf {
-    /// Copies a verified leaf page into `buf` (a recycled buffer or empty).
+    /// Copies a verified leaf page into `buf` (a recycled buffer or empty):
+    /// the header and slots, and the cell area; the free gap between them
+    /// keeps whatever `buf` held (it is zeroed when the page is written).
     /// Reads only the slots: cells are checked when they are read.
     pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<LeafBuf> {
-        let mut cell_lo = PAGE_SIZE;
-        for i in 0..page.count {
-            cell_lo = cell_lo.min(page.cell(i)?);
+        let cell_lo = page.cells_start()?;
+        let slots_end = HEADER_LEN + 2 * page.count;
+        if buf.len() != PAGE_SIZE {
+            buf.clear();
+            buf.resize(PAGE_SIZE, 0);
         }
-        buf.clear();
-        buf.extend_from_slice(page.data);
+        buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
+        buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
         Ok(LeafBuf { buf, count: page.count, cell_lo, garbage: 0 })
     }
 
@@ -481,20 +497,9 @@ impl LeafBuf {
         self.count
     }
 
-    /// Bytes in use as a node size (an upper bound, see `garbage`).
+    /// Bytes in use as a node size: slots plus live cells (see `garbage`).
     pub(crate) fn size(&self) -> usize {
         (PAGE_SIZE - self.cell_lo - self.garbage) + 2 * self.count
-    }
-
-    /// Exact bytes in use as a node size: slots plus live cells (reads every
-    /// cell; [`LeafBuf::size`] may count garbage left by earlier edits).
-    pub(crate) fn live_size(&self) -> StoreResult<usize> {
-        let view = self.view();
-        let mut size = 0;
-        for i in 0..self.count {
-            size += view.leaf_entry_size(i)?;
-        }
-        Ok(size)
     }
 
     fn slots_end(&self) -> usize {
@@ -579,14 +584,18 @@ impl LeafBuf {
         Ok(())
     }
 
-    /// The finished page: header for page `id`, gap zeroed, sealed.
-    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> Vec<u8> {
+    /// The finished page: compacted if cells were removed, header for page
+    /// `id`, gap zeroed, sealed.
+    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
+        if self.garbage > 0 {
+            self.compact()?;
+        }
         let count = self.count as u16;
         let (lo, hi) = (self.slots_end(), self.cell_lo);
         self.buf[lo..hi].fill(0);
         header(&mut self.buf, KIND_LEAF, count, id, txid);
         seal(&mut self.buf);
-        self.buf
+        Ok(self.buf)
     }
 }
 
@@ -801,13 +810,42 @@ mod tests {
             n += 1;
         }
         assert!(n >= 4, "{n}");
-        let out = lb.into_page(12, 2);
+        let out = lb.into_page(12, 2).unwrap();
         verify_crc(12, &out).unwrap();
         let p = NodePage::parse(12, &out).unwrap();
         assert_eq!(p.count, 2 + n);
         let (k, v) = p.leaf_entry(1).unwrap();
         assert_eq!(p.inline(match k { Ref::Inline { off, .. } => off, _ => 0 }, 1).unwrap(), b"c");
         assert_eq!(v.len(), 900);
+    }
+
+    #[test]
+    fn leaf_buf_writes_packed_pages_so_size_is_exact() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..20u8).map(|i| (vec![i; 8], vec![i; 40 + i as usize])).collect();
+        let enc: Vec<_> = entries.iter().map(|(k, v)| (EncRef::Inline(k), EncRef::Inline(v))).collect();
+        let page = encode_leaf(9, 1, &enc);
+        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
+        let live = |p: &NodePage<'_>| (0..p.count).map(|i| p.leaf_entry_size(i).unwrap()).sum::<usize>();
+        assert_eq!(lb.size(), live(&lb.view()));
+        // Same-length overwrite: in place, no garbage.
+        assert!(lb.replace_same_len(3, &[7; 43]).unwrap());
+        assert!(!lb.replace_same_len(3, &[7; 44]).unwrap());
+        assert_eq!(lb.size(), live(&lb.view()));
+        // Removals leave garbage; the written page is packed again.
+        lb.remove(5).unwrap();
+        lb.remove(0).unwrap();
+        assert!(lb.insert(0, &[0; 8], &[1; 90]).unwrap());
+        let out = lb.into_page(12, 2).unwrap();
+        let p = NodePage::parse(12, &out).unwrap();
+        let again = LeafBuf::from_page(&p, Vec::new()).unwrap();
+        assert_eq!(again.size(), live(&p));
+        assert_eq!(p.count, 19);
+        let (_, v) = p.leaf_entry(3).unwrap(); // removed 0 and 5, inserted a new 0
+        let Ref::Inline { off, len } = v else { panic!("inline value expected") };
+        assert_eq!(p.inline(off, len).unwrap(), &[7; 43][..]);
+        // The gap (stale bytes of the recycled buffer) is zeroed.
+        let lo = HEADER_LEN + 2 * p.count;
+        assert!(out[lo..p.cells_start().unwrap()].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -783,12 +783,7 @@ impl TxnTrees {
                 return Ok(());
             }
             let size = match child {
-                // A page copy's size counts cells earlier in-place edits left
-                // behind; merging needs the live bytes.
-                Child::Node(c) => match &self.nodes[c] {
-                    Node::Page(lb) => lb.live_size()?,
-                    other => other.size(),
-                },
+                Child::Node(c) => self.nodes[c].size(),
                 Child::Page(_) => {
                     i += 1;
                     continue;
@@ -884,10 +879,7 @@ impl TxnTrees {
     fn child_size(&self, n: usize, i: usize) -> StoreResult<usize> {
         let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
         match *b.children.get(i).ok_or_else(|| internal("child index"))? {
-            Child::Node(c) => match &self.nodes[c] {
-                Node::Page(lb) => lb.live_size(),
-                other => Ok(other.size()),
-            },
+            Child::Node(c) => Ok(self.nodes[c].size()),
             Child::Page(p) => {
                 let page = self.map.node(p)?;
                 let mut size = if page.leaf { 0 } else { 8 };
@@ -925,7 +917,7 @@ impl TxnTrees {
             Node::Dead => Err(internal("spill of a dead node")),
             Node::Page(lb) => {
                 let id = a.alloc(1);
-                out.push((id, lb.into_page(id, txid)));
+                out.push((id, lb.into_page(id, txid)?));
                 pages.push(id);
                 Ok(())
             }
