@@ -14,7 +14,7 @@
 //! the page was allocated after the newest durable meta (which therefore
 //! cannot reach it).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -23,7 +23,7 @@ use super::check::{self, CheckReport};
 use super::io::{FileIo, PageIo};
 use super::page::{
     decode_freelist, decode_meta, encode_freelist, encode_meta, Meta, MetaError, FREELIST_RUNS_PER_PAGE,
-    MAX_KEY_LEN, MAX_VALUE_LEN, PS,
+    MAX_KEY_LEN, MAX_VALUE_LEN, PAGE_SIZE, PS,
 };
 use super::pager::Mapped;
 use super::tree::{Alloc, Child, Ctx, TxnTrees};
@@ -138,7 +138,9 @@ struct WriterState {
     /// meta: they wait for readers only.
     pending_fresh: BTreeMap<u64, Vec<u64>>,
     /// Pages allocated since the newest durable meta.
-    fresh: HashSet<u64>,
+    fresh: PageBits,
+    /// Page buffers of the last commit, reused by the next transaction.
+    pool: Vec<Vec<u8>>,
     /// The newest durable meta, its slot (page 0 or 1) and its freelist pages.
     durable: Meta,
     durable_slot: u64,
@@ -150,6 +152,38 @@ struct WriterState {
     #[cfg(debug_assertions)]
     syncs: u64,
 }
+
+/// A set of page ids as a bitmap (one bit per page below the highest id
+/// inserted): O(1) insert, remove and test without hashing.
+#[derive(Default)]
+struct PageBits(Vec<u64>);
+
+impl PageBits {
+    fn insert(&mut self, p: u64) {
+        let w = (p / 64) as usize;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (p % 64);
+    }
+    /// Removes `p`; returns whether it was present.
+    fn remove(&mut self, p: u64) -> bool {
+        match self.0.get_mut((p / 64) as usize) {
+            Some(w) if *w & (1 << (p % 64)) != 0 => {
+                *w &= !(1 << (p % 64));
+                true
+            }
+            _ => false,
+        }
+    }
+    fn clear(&mut self) {
+        self.0.fill(0);
+    }
+}
+
+/// Page buffers kept between transactions (8 MiB); a larger commit
+/// allocates the rest.
+const POOL_PAGES: usize = 2048;
 
 impl WriterState {
     fn alloc_pages(&mut self, n: u64) -> u64 {
@@ -292,7 +326,8 @@ impl Db {
             free: BTreeSet::new(),
             pending: BTreeMap::new(),
             pending_fresh: BTreeMap::new(),
-            fresh: HashSet::new(),
+            fresh: PageBits::default(),
+            pool: Vec::new(),
             durable: meta,
             durable_slot: slot,
             freelist_pages: Vec::new(),
@@ -568,7 +603,8 @@ impl Store for Db {
         self.load_freelist(&mut g)?;
         g.promote();
         let base = self.current();
-        let trees = TxnTrees::new(base.map.clone(), &base.roots);
+        let pool = std::mem::take(&mut g.pool);
+        let trees = TxnTrees::new(base.map.clone(), &base.roots, pool);
         Ok(WriteTxn { db: self, applied: base.applied, g, base, trees })
     }
 
@@ -677,7 +713,11 @@ impl WriteView for WriteTxn<'_> {
         let roots = match trees.finish(&mut alloc, txid, &mut out) {
             Ok(r) => {
                 let taken = std::mem::take(&mut alloc.taken);
-                g.fresh.extend(taken.into_iter().flat_map(|(p, n)| p..p + n));
+                for (p, n) in taken {
+                    for i in p..p + n {
+                        g.fresh.insert(i);
+                    }
+                }
                 r
             }
             Err(e) => {
@@ -694,7 +734,11 @@ impl WriteView for WriteTxn<'_> {
             g.poisoned = Some(e.to_string());
             return Err(e);
         }
-        let (fresh, old): (Vec<u64>, Vec<u64>) = trees.freed.iter().partition(|p| g.fresh.remove(p));
+        let mut pool = std::mem::take(&mut trees.pool);
+        let room = POOL_PAGES.saturating_sub(pool.len());
+        pool.extend(out.into_iter().map(|(_, b)| b).filter(|b| b.capacity() == PAGE_SIZE).take(room));
+        g.pool = pool;
+        let (fresh, old): (Vec<u64>, Vec<u64>) = trees.freed.iter().partition(|&&p| g.fresh.remove(p));
         g.pending.entry(txid).or_default().extend(old);
         g.pending_fresh.entry(txid).or_default().extend(fresh);
         let v = Arc::new(Version { txid, applied, roots, map: g.map.clone() });

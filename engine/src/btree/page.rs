@@ -304,6 +304,54 @@ impl<'a> NodePage<'a> {
         Ok((k, v))
     }
 
+    /// Offset of the lowest cell (`PAGE_SIZE` for no cells): a leaf's
+    /// entries take `PAGE_SIZE - cells_start + 2 * count` bytes when its
+    /// cells are packed, as every page this build writes has them.
+    pub(crate) fn cells_start(&self) -> StoreResult<usize> {
+        let mut lo = PAGE_SIZE;
+        for i in 0..self.count {
+            lo = lo.min(self.cell(i)?);
+        }
+        Ok(lo)
+    }
+
+    /// Key `i` of a branch and the child to its right (child `i + 1`), in
+    /// one decode of the cell.
+    #[inline]
+    pub(crate) fn branch_cell(&self, i: usize) -> StoreResult<(Ref, u64)> {
+        let (k, _, next) = self.key_at(i)?;
+        let c = rd_u64(self.data, next).ok_or_else(|| corrupt(self.id, "child pointer out of bounds"))?;
+        Ok((k, c))
+    }
+
+    /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
+    /// inline key and value is sized from its two length fields; anything
+    /// else goes through [`Self::leaf_entry`], which reports what is wrong.
+    #[inline]
+    pub(crate) fn leaf_entry_size(&self, i: usize) -> StoreResult<usize> {
+        let fast = || -> Option<usize> {
+            let slots = self.slots_off();
+            if i >= self.count {
+                return None;
+            }
+            let off = rd_u16(self.data, slots + 2 * i)? as usize;
+            if off < slots + 2 * self.count || *self.data.get(off)? != 0 {
+                return None;
+            }
+            let klen = rd_u16(self.data, off + 1)? as usize;
+            let vlen = rd_u16(self.data, off + 3 + klen)? as usize;
+            let ok = key_inline(klen) && value_inline(klen, vlen) && off + 5 + klen + vlen <= PAGE_SIZE;
+            ok.then(|| leaf_entry_len(klen, vlen))
+        };
+        match fast() {
+            Some(n) => Ok(n),
+            None => {
+                let (k, v) = self.leaf_entry(i)?;
+                Ok(leaf_entry_len(k.len(), v.len()))
+            }
+        }
+    }
+
     /// Child `i` of a branch, `0..=count`.
     pub(crate) fn child(&self, i: usize) -> StoreResult<u64> {
         let bad = || corrupt(self.id, "child pointer out of bounds");
@@ -340,9 +388,11 @@ fn part_len(r: &EncRef<'_>) -> usize {
 
 /// A zeroed page with its header, and the offset where `cells_len` bytes of
 /// cells start when packed at the end of the page.
-fn layout(kind: u8, id: u64, txid: u64, slots_at: usize, n: usize, cells_len: usize) -> (Vec<u8>, usize) {
+/// `buf` is a recycled buffer (any contents) or empty.
+fn layout(mut buf: Vec<u8>, kind: u8, id: u64, txid: u64, slots_at: usize, n: usize, cells_len: usize) -> (Vec<u8>, usize) {
     assert!(slots_at + 2 * n + cells_len <= PAGE_SIZE, "node encoding overflowed its page: a sizing bug");
-    let mut buf = vec![0u8; PAGE_SIZE];
+    buf.clear();
+    buf.resize(PAGE_SIZE, 0);
     header(&mut buf, kind, n as u16, id, txid);
     (buf, PAGE_SIZE - cells_len)
 }
@@ -363,9 +413,15 @@ fn put_part_at(buf: &mut [u8], at: usize, r: EncRef<'_>) -> usize {
 }
 
 /// Encodes a leaf page. The caller sized `entries` to fit (see [`leaf_entry_len`]).
+#[cfg(test)]
 pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
+    encode_leaf_into(Vec::new(), id, txid, entries)
+}
+
+/// [`encode_leaf`] into a recycled buffer.
+pub(crate) fn encode_leaf_into(buf: Vec<u8>, id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>)]) -> Vec<u8> {
     let cells: usize = entries.iter().map(|(k, v)| 1 + part_len(k) + part_len(v)).sum();
-    let (mut buf, mut at) = layout(KIND_LEAF, id, txid, HEADER_LEN, entries.len(), cells);
+    let (mut buf, mut at) = layout(buf, KIND_LEAF, id, txid, HEADER_LEN, entries.len(), cells);
     for (i, (k, v)) in entries.iter().enumerate() {
         buf[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
         buf[at] = flag(k, FLAG_KEY_OVF) | flag(v, FLAG_VAL_OVF);
@@ -377,10 +433,16 @@ pub(crate) fn encode_leaf(id: u64, txid: u64, entries: &[(EncRef<'_>, EncRef<'_>
 }
 
 /// Encodes a branch page: `children.len() == keys.len() + 1`.
+#[cfg(test)]
 pub(crate) fn encode_branch(id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
+    encode_branch_into(Vec::new(), id, txid, keys, children)
+}
+
+/// [`encode_branch`] into a recycled buffer.
+pub(crate) fn encode_branch_into(buf: Vec<u8>, id: u64, txid: u64, keys: &[EncRef<'_>], children: &[u64]) -> Vec<u8> {
     assert_eq!(children.len(), keys.len() + 1);
     let cells: usize = keys.iter().map(|k| 1 + part_len(k) + 8).sum();
-    let (mut buf, mut at) = layout(KIND_BRANCH, id, txid, HEADER_LEN + 8, keys.len(), cells);
+    let (mut buf, mut at) = layout(buf, KIND_BRANCH, id, txid, HEADER_LEN + 8, keys.len(), cells);
     buf[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&children[0].to_le_bytes());
     for (i, (k, c)) in keys.iter().zip(&children[1..]).enumerate() {
         let s = HEADER_LEN + 8 + 2 * i;
@@ -403,21 +465,28 @@ pub(crate) struct LeafBuf {
     count: usize,
     /// Lowest cell offset: the free gap is `slots_end()..cell_lo`.
     cell_lo: usize,
-    /// Bytes of cells removed since the last compaction; the cell area may
-    /// hold more garbage than this (from earlier transactions), so
-    /// [`LeafBuf::size`] is an upper bound until [`LeafBuf::compact`] runs.
+    /// Bytes of cells removed since the last compaction. A page is written
+    /// compacted when this is non-zero, so the cells of a page this build
+    /// wrote are packed and [`LeafBuf::size`] is exact; a page written by an
+    /// older build may hold more garbage, and then it is an upper bound.
     garbage: usize,
 }
 
 impl LeafBuf {
-    /// Copies a verified leaf page. Reads only the slots: cells are checked
-    /// when they are read.
-    pub(crate) fn from_page(page: &NodePage<'_>) -> StoreResult<LeafBuf> {
-        let mut cell_lo = PAGE_SIZE;
-        for i in 0..page.count {
-            cell_lo = cell_lo.min(page.cell(i)?);
+    /// Copies a verified leaf page into `buf` (a recycled buffer or empty):
+    /// the header and slots, and the cell area; the free gap between them
+    /// keeps whatever `buf` held (it is zeroed when the page is written).
+    /// Reads only the slots: cells are checked when they are read.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<LeafBuf> {
+        let cell_lo = page.cells_start()?;
+        let slots_end = HEADER_LEN + 2 * page.count;
+        if buf.len() != PAGE_SIZE {
+            buf.clear();
+            buf.resize(PAGE_SIZE, 0);
         }
-        Ok(LeafBuf { buf: page.data.to_vec(), count: page.count, cell_lo, garbage: 0 })
+        buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
+        buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
+        Ok(LeafBuf { buf, count: page.count, cell_lo, garbage: 0 })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -428,21 +497,9 @@ impl LeafBuf {
         self.count
     }
 
-    /// Bytes in use as a node size (an upper bound, see `garbage`).
+    /// Bytes in use as a node size: slots plus live cells (see `garbage`).
     pub(crate) fn size(&self) -> usize {
         (PAGE_SIZE - self.cell_lo - self.garbage) + 2 * self.count
-    }
-
-    /// Exact bytes in use as a node size: slots plus live cells (reads every
-    /// cell; [`LeafBuf::size`] may count garbage left by earlier edits).
-    pub(crate) fn live_size(&self) -> StoreResult<usize> {
-        let view = self.view();
-        let mut size = 0;
-        for i in 0..self.count {
-            let (k, v) = view.leaf_entry(i)?;
-            size += leaf_entry_len(k.len(), v.len());
-        }
-        Ok(size)
     }
 
     fn slots_end(&self) -> usize {
@@ -462,6 +519,22 @@ impl LeafBuf {
         self.set_count(self.count - 1);
         self.garbage += leaf_entry_len(k.len(), v.len()) - 2;
         Ok((k, v))
+    }
+
+    /// Overwrites the value of entry `i` in place when it is inline and
+    /// exactly `value.len()` bytes long (no garbage, nothing moves); `false`
+    /// otherwise, changing nothing.
+    pub(crate) fn replace_same_len(&mut self, i: usize, value: &[u8]) -> StoreResult<bool> {
+        let view = self.view();
+        let id = view.id;
+        match view.leaf_entry(i)?.1 {
+            Ref::Inline { off, len } if len == value.len() => {
+                let dst = self.buf.get_mut(off..off + len).ok_or_else(|| corrupt(id, "cell out of bounds"))?;
+                dst.copy_from_slice(value);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Inserts an inline entry as entry `i`; `false` if it does not fit.
@@ -511,14 +584,18 @@ impl LeafBuf {
         Ok(())
     }
 
-    /// The finished page: header for page `id`, gap zeroed, sealed.
-    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> Vec<u8> {
+    /// The finished page: compacted if cells were removed, header for page
+    /// `id`, gap zeroed, sealed.
+    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
+        if self.garbage > 0 {
+            self.compact()?;
+        }
         let count = self.count as u16;
         let (lo, hi) = (self.slots_end(), self.cell_lo);
         self.buf[lo..hi].fill(0);
         header(&mut self.buf, KIND_LEAF, count, id, txid);
         seal(&mut self.buf);
-        self.buf
+        Ok(self.buf)
     }
 }
 
@@ -720,7 +797,7 @@ mod tests {
     #[test]
     fn leaf_buf_replaces_compacts_and_fills() {
         let page = encode_leaf(9, 1, &[(EncRef::Inline(b"a"), EncRef::Inline(b"1")), (EncRef::Inline(b"c"), EncRef::Inline(b"3"))]);
-        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap()).unwrap();
+        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap(), Vec::new()).unwrap();
         // Replacing one entry many times leaves garbage that compaction reclaims.
         for round in 0..40u8 {
             lb.remove(1).unwrap();
@@ -733,13 +810,42 @@ mod tests {
             n += 1;
         }
         assert!(n >= 4, "{n}");
-        let out = lb.into_page(12, 2);
+        let out = lb.into_page(12, 2).unwrap();
         verify_crc(12, &out).unwrap();
         let p = NodePage::parse(12, &out).unwrap();
         assert_eq!(p.count, 2 + n);
         let (k, v) = p.leaf_entry(1).unwrap();
         assert_eq!(p.inline(match k { Ref::Inline { off, .. } => off, _ => 0 }, 1).unwrap(), b"c");
         assert_eq!(v.len(), 900);
+    }
+
+    #[test]
+    fn leaf_buf_writes_packed_pages_so_size_is_exact() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..20u8).map(|i| (vec![i; 8], vec![i; 40 + i as usize])).collect();
+        let enc: Vec<_> = entries.iter().map(|(k, v)| (EncRef::Inline(k), EncRef::Inline(v))).collect();
+        let page = encode_leaf(9, 1, &enc);
+        let mut lb = LeafBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
+        let live = |p: &NodePage<'_>| (0..p.count).map(|i| p.leaf_entry_size(i).unwrap()).sum::<usize>();
+        assert_eq!(lb.size(), live(&lb.view()));
+        // Same-length overwrite: in place, no garbage.
+        assert!(lb.replace_same_len(3, &[7; 43]).unwrap());
+        assert!(!lb.replace_same_len(3, &[7; 44]).unwrap());
+        assert_eq!(lb.size(), live(&lb.view()));
+        // Removals leave garbage; the written page is packed again.
+        lb.remove(5).unwrap();
+        lb.remove(0).unwrap();
+        assert!(lb.insert(0, &[0; 8], &[1; 90]).unwrap());
+        let out = lb.into_page(12, 2).unwrap();
+        let p = NodePage::parse(12, &out).unwrap();
+        let again = LeafBuf::from_page(&p, Vec::new()).unwrap();
+        assert_eq!(again.size(), live(&p));
+        assert_eq!(p.count, 19);
+        let (_, v) = p.leaf_entry(3).unwrap(); // removed 0 and 5, inserted a new 0
+        let Ref::Inline { off, len } = v else { panic!("inline value expected") };
+        assert_eq!(p.inline(off, len).unwrap(), &[7; 43][..]);
+        // The gap (stale bytes of the recycled buffer) is zeroed.
+        let lo = HEADER_LEN + 2 * p.count;
+        assert!(out[lo..p.cells_start().unwrap()].iter().all(|&b| b == 0));
     }
 
     #[test]

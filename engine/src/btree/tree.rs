@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use super::pager::Mapped;
 use super::page::{
-    branch_entry_len, corrupt, encode_branch, encode_leaf, encode_overflow, key_inline, leaf_entry_len,
-    ovf_pages, value_inline, EncRef, LeafBuf, NodePage, Ref, NODE_CAP, PS,
+    branch_entry_len, corrupt, encode_branch_into, encode_leaf_into, encode_overflow, key_inline, leaf_entry_len,
+    ovf_pages, value_inline, EncRef, LeafBuf, NodePage, Ref, NODE_CAP, PAGE_SIZE, PS,
 };
 use crate::kv::{StoreError, StoreResult, Tree};
 
@@ -413,12 +413,19 @@ pub(crate) struct TxnTrees {
     /// Pages this transaction unlinked (copied nodes, dropped overflow runs).
     pub freed: Vec<u64>,
     pub changed: bool,
+    /// Page-sized buffers to reuse (the writer hands back what it wrote).
+    pub pool: Vec<Vec<u8>>,
+}
+
+/// A page buffer from `pool`, or a new one; its contents are unspecified.
+fn take_buf(pool: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    pool.pop().unwrap_or_else(|| Vec::with_capacity(PAGE_SIZE))
 }
 
 impl TxnTrees {
-    pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT]) -> TxnTrees {
+    pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT], pool: Vec<Vec<u8>>) -> TxnTrees {
         let roots = roots.map(|r| (r != 0).then_some(Child::Page(r)));
-        TxnTrees { map, roots, nodes: Vec::new(), arena: Vec::new(), freed: Vec::new(), changed: false }
+        TxnTrees { map, roots, nodes: Vec::new(), arena: Vec::new(), freed: Vec::new(), changed: false, pool }
     }
 
     pub(crate) fn ctx(&self) -> Ctx<'_> {
@@ -434,17 +441,17 @@ impl TxnTrees {
     fn load(&mut self, pid: u64) -> StoreResult<usize> {
         let page = self.map.node(pid)?;
         let node = if page.leaf {
-            Node::Page(LeafBuf::from_page(&page)?)
+            Node::Page(LeafBuf::from_page(&page, take_buf(&mut self.pool))?)
         } else {
             let mut keys = Vec::with_capacity(page.count + 4);
             let mut children = Vec::with_capacity(page.count + 5);
             let mut size = 8;
             children.push(Child::Page(page.child(0)?));
             for i in 0..page.count {
-                let k = page.key(i)?;
+                let (k, c) = page.branch_cell(i)?;
                 size += branch_entry_len(k.len());
                 keys.push(val_of(&page, k));
-                children.push(Child::Page(page.child(i + 1)?));
+                children.push(Child::Page(c));
             }
             Node::Branch(Branch { keys, children, size })
         };
@@ -558,6 +565,12 @@ impl TxnTrees {
         let mut pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
         if let Node::Page(lb) = &mut self.nodes[leaf] {
             if key_inline(key.len()) && value_inline(key.len(), value.len()) {
+                // A value of the same length overwrites the old one in place.
+                if let Ok(i) = pos {
+                    if lb.replace_same_len(i, value)? {
+                        return Ok(());
+                    }
+                }
                 // In place: drop the old entry (its key is inline too: same
                 // length), then insert the new one if it fits.
                 let old = match pos {
@@ -722,7 +735,8 @@ impl TxnTrees {
                         break;
                     }
                     Some(node) => {
-                        let (pages, seps) = self.spill(node, a, txid, out)?;
+                        let (mut pages, mut seps) = (Vec::new(), Vec::new());
+                        self.spill(node, a, txid, out, &mut pages, &mut seps)?;
                         if let [only] = pages[..] {
                             *root_out = only;
                             break;
@@ -769,12 +783,7 @@ impl TxnTrees {
                 return Ok(());
             }
             let size = match child {
-                // A page copy's size counts cells earlier in-place edits left
-                // behind; merging needs the live bytes.
-                Child::Node(c) => match &self.nodes[c] {
-                    Node::Page(lb) => lb.live_size()?,
-                    other => other.size(),
-                },
+                Child::Node(c) => self.nodes[c].size(),
                 Child::Page(_) => {
                     i += 1;
                     continue;
@@ -870,17 +879,13 @@ impl TxnTrees {
     fn child_size(&self, n: usize, i: usize) -> StoreResult<usize> {
         let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
         match *b.children.get(i).ok_or_else(|| internal("child index"))? {
-            Child::Node(c) => match &self.nodes[c] {
-                Node::Page(lb) => lb.live_size(),
-                other => Ok(other.size()),
-            },
+            Child::Node(c) => Ok(self.nodes[c].size()),
             Child::Page(p) => {
                 let page = self.map.node(p)?;
                 let mut size = if page.leaf { 0 } else { 8 };
                 for j in 0..page.count {
                     size += if page.leaf {
-                        let (k, v) = page.leaf_entry(j)?;
-                        leaf_entry_len(k.len(), v.len())
+                        page.leaf_entry_size(j)?
                     } else {
                         branch_entry_len(page.key(j)?.len())
                     };
@@ -890,31 +895,36 @@ impl TxnTrees {
         }
     }
 
-    /// Encodes dirty node `c` (children first) into pages; returns the pages
-    /// and the separators between them (`seps.len() + 1 == pages.len()`).
+    /// Encodes dirty node `c` (children first) into pages; appends the pages
+    /// to `pages` and the separators between them to `seps` (one fewer).
     fn spill(
         &mut self,
         c: Child,
         a: &mut dyn Alloc,
         txid: u64,
         out: &mut Vec<(u64, Vec<u8>)>,
-    ) -> StoreResult<(Vec<u64>, Vec<Val>)> {
+        pages: &mut Vec<u64>,
+        seps: &mut Vec<Val>,
+    ) -> StoreResult<()> {
         let n = match c {
-            Child::Page(p) => return Ok((vec![p], Vec::new())),
+            Child::Page(p) => {
+                pages.push(p);
+                return Ok(());
+            }
             Child::Node(n) => n,
         };
         match std::mem::replace(&mut self.nodes[n], Node::Dead) {
             Node::Dead => Err(internal("spill of a dead node")),
             Node::Page(lb) => {
                 let id = a.alloc(1);
-                out.push((id, lb.into_page(id, txid)));
-                Ok((vec![id], Vec::new()))
+                out.push((id, lb.into_page(id, txid)?));
+                pages.push(id);
+                Ok(())
             }
             Node::Leaf(l) => {
                 let sizes: Vec<usize> = l.entries.iter().map(|(k, v)| leaf_entry_len(k.len(), v.len())).collect();
                 let mut starts = split_points(&sizes, 0, NODE_CAP);
                 starts.push(l.entries.len());
-                let mut pages = Vec::with_capacity(starts.len());
                 {
                     let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
                     let mut enc = Vec::new();
@@ -927,15 +937,14 @@ impl TxnTrees {
                             enc.push((ke, ve));
                         }
                         let id = a.alloc(1);
-                        out.push((id, encode_leaf(id, txid, &enc)));
+                        out.push((id, encode_leaf_into(take_buf(&mut self.pool), id, txid, &enc)));
                         pages.push(id);
                     }
                 }
-                let mut seps = Vec::with_capacity(pages.len().saturating_sub(1));
                 for &s in &starts[1..starts.len() - 1] {
                     seps.push(self.sep_copy(l.entries[s].0)?);
                 }
-                Ok((pages, seps))
+                Ok(())
             }
             Node::Branch(b) => {
                 let mut keys = Vec::with_capacity(b.keys.len() + 4);
@@ -944,17 +953,13 @@ impl TxnTrees {
                     if i > 0 {
                         keys.push(b.keys[i - 1]);
                     }
-                    let (ps, ss) = self.spill(*ch, a, txid, out)?;
-                    kids.extend(ps);
-                    keys.extend(ss);
+                    self.spill(*ch, a, txid, out, &mut kids, &mut keys)?;
                 }
                 let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_len(k.len())).collect();
                 // A split before entry i (key i, child i + 1) moves key i up
                 // and starts the next part at child i + 1.
                 let mut starts: Vec<usize> =
                     split_points(&sizes, 8, NODE_CAP).into_iter().map(|i| if i == 0 { 0 } else { i + 1 }).collect();
-                let mut pages = Vec::with_capacity(starts.len());
-                let mut seps = Vec::with_capacity(starts.len());
                 starts.push(kids.len());
                 let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
                 let mut enc = Vec::new();
@@ -969,10 +974,10 @@ impl TxnTrees {
                         enc.push(enc_part(k, kb, key_inline(kb.len()), a, txid, out));
                     }
                     let id = a.alloc(1);
-                    out.push((id, encode_branch(id, txid, &enc, &kids[s..e])));
+                    out.push((id, encode_branch_into(take_buf(&mut self.pool), id, txid, &enc, &kids[s..e])));
                     pages.push(id);
                 }
-                Ok((pages, seps))
+                Ok(())
             }
         }
     }
