@@ -337,6 +337,50 @@ fn crash_round(seed: u64, crash_at: u64) -> u64 {
     io.stats().ops
 }
 
+/// `set_committed` costs no write of its own: the id rides at the end of the
+/// next batch (an append, `sync` or `close`), a later `save_committed` is not
+/// overwritten by an older lazy id, and power loss before the next batch
+/// leaves the previous committed id, never a newer one.
+#[test]
+fn set_committed_rides_with_the_next_batch() {
+    run(async {
+        let io = SimIo::new();
+        let wal = Wal::open(io.clone(), dir(), small()).await.unwrap();
+        wal.append([(1, data(1, 10))]).await.unwrap();
+        wal.save_committed(Bytes::from_static(b"c-0")).await.unwrap();
+        let batches = wal.stats().batches;
+        wal.set_committed(Bytes::from_static(b"c-1")).unwrap();
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(wal.stats().batches, batches, "set_committed alone must not write");
+        assert_eq!(wal.committed().as_deref(), Some(&b"c-1"[..]), "readable at once");
+        // Power loss now: the durable committed id is the one saved before.
+        let mut rng = StdRng::seed_from_u64(7);
+        let lost = Wal::open(io.power_loss(&mut rng), dir(), small()).await.unwrap();
+        assert_eq!(lost.committed().as_deref(), Some(&b"c-0"[..]));
+        lost.close().await.unwrap();
+        // The next append carries it.
+        wal.append([(2, data(2, 10))]).await.unwrap();
+        assert_eq!(wal.stats().batches, batches + 1, "one batch for the append and the committed id");
+        let after = Wal::open(io.power_loss(&mut rng), dir(), small()).await.unwrap();
+        assert_eq!(after.committed().as_deref(), Some(&b"c-1"[..]));
+        after.close().await.unwrap();
+        // A lazy id older than a saved one is dropped, not written after it.
+        wal.set_committed(Bytes::from_static(b"c-2")).unwrap();
+        wal.save_committed(Bytes::from_static(b"c-3")).await.unwrap();
+        wal.append([(3, data(3, 10))]).await.unwrap();
+        let after = Wal::open(io.power_loss(&mut rng), dir(), small()).await.unwrap();
+        assert_eq!(after.committed().as_deref(), Some(&b"c-3"[..]));
+        after.close().await.unwrap();
+        // And close writes a lazy one.
+        wal.set_committed(Bytes::from_static(b"c-4")).unwrap();
+        wal.close().await.unwrap();
+        let after = Wal::open(io.power_loss(&mut rng), dir(), small()).await.unwrap();
+        assert_eq!(after.committed().as_deref(), Some(&b"c-4"[..]));
+        assert_eq!(after.last_index(), Some(3));
+        after.close().await.unwrap();
+    });
+}
+
 #[test]
 fn acknowledged_entries_survive_crashes_at_every_step() {
     // Count the I/O steps of an uncrashed run, then crash at many of them.

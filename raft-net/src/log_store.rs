@@ -4,7 +4,7 @@
 //! |----------------------------------|-------------------------------------------------|
 //! | `append(entries, IOFlushed)`     | `append_with(entries, done)`: readable at once, `done` → `io_completed` after the group-commit `fdatasync` |
 //! | `save_vote`                      | `save_vote`, awaited until durable              |
-//! | `save_committed`                 | `save_committed`, **enqueued, not awaited** (see below) |
+//! | `save_committed`                 | `set_committed`, **with the next batch, not awaited** (see below) |
 //! | `truncate_after(last)`           | `truncate(last.index + 1)` (or `truncate(0)`)   |
 //! | `purge(log_id)`                  | `purge(log_id.index, encoded log id)`           |
 //! | `get_log_state`                  | `purged()` + log id of entry `last_index()` (or the purged one) |
@@ -12,10 +12,11 @@
 //! | `read_vote` / `read_committed`   | `vote()` / `committed()`, decoded               |
 //!
 //! The committed log id is optional for openraft and only ever a lower bound
-//! of what is really committed, so `save_committed` enqueues its record (in
-//! order with every other WAL operation) and returns without waiting for the
-//! `fdatasync`: openraft awaits `save_committed` on the raft core before
-//! applying, and waiting there would add a second sync to every commit.
+//! of what is really committed, so `save_committed` hands it to the WAL,
+//! which writes it at the end of the next batch (behind every operation
+//! queued before it), and returns without waiting: openraft awaits
+//! `save_committed` on the raft core before applying, and waiting there (or
+//! a write of its own) would add a second durable write to every commit.
 //! After a crash the recovered committed id may be older than the last one
 //! saved; it is still committed, and openraft re-applies the rest once it
 //! learns the cluster's commit again. Entries and the vote are always

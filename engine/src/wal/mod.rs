@@ -135,6 +135,9 @@ type Done = Box<dyn FnOnce(Result<(), WalError>)>;
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Item>,
+    /// The committed id of [`Wal::set_committed`], not yet queued: it rides
+    /// at the end of the next batch instead of costing a write of its own.
+    lazy_committed: Option<Bytes>,
     waker: Option<Waker>,
     /// Set once a write failed; every later operation fails with it.
     failed: Option<String>,
@@ -278,15 +281,19 @@ impl<I: WalIo> Wal<I> {
         self.submit(vec![Rec::Committed(committed)]).await
     }
 
-    /// Queues the committed log id without waiting: it becomes durable with
-    /// the next batch, in order with every other operation. openraft awaits
-    /// `save_committed` before applying, so waiting here would add a sync to
-    /// every commit; a committed id that is lost in a crash is re-learned.
+    /// Records the committed log id without waiting and without a write of
+    /// its own: it is written at the end of the next batch that something
+    /// else causes (an append, a vote, `sync`, `close`), after every record
+    /// queued before it. openraft calls this after every commit and awaits it
+    /// before applying, so waiting, or a write per call, would add a second
+    /// durable write to every commit (with one client, the next entry's write
+    /// queued behind it). A committed id that is lost in a crash is only
+    /// older than the truth, and openraft re-learns the rest.
     pub fn set_committed(&self, committed: Bytes) -> Result<(), WalError> {
         check_meta(&committed)?;
         self.check_open()?;
         self.inner.state.borrow_mut().committed = Some(committed.clone());
-        self.enqueue(vec![Rec::Committed(committed)], Box::new(|_| {}));
+        self.inner.queue.borrow_mut().lazy_committed = Some(committed);
         Ok(())
     }
 
@@ -389,6 +396,10 @@ impl<I: WalIo> Wal<I> {
         }
         let last = recs.len() - 1;
         let mut q = self.inner.queue.borrow_mut();
+        if recs.iter().any(|r| matches!(r, Rec::Committed(_))) {
+            // Newer than any lazy one: that must not be written after it.
+            q.lazy_committed = None;
+        }
         let mut done = Some(done);
         for (i, rec) in recs.into_iter().enumerate() {
             q.items.push_back(Item { rec, done: if i == last { done.take() } else { None } });

@@ -229,6 +229,13 @@ impl<I: WalIo> Writer<I> {
 
     /// Writes and syncs one batch (or rolls over to a new segment).
     async fn flush_once(&mut self, inner: &Rc<Inner<I>>) -> Result<(), WalError> {
+        {
+            let mut q = inner.queue.borrow_mut();
+            if let Some(c) = q.lazy_committed.take() {
+                // Behind everything queued so far (see `Wal::set_committed`).
+                q.items.push_back(Item { rec: Rec::Committed(c), done: None });
+            }
+        }
         let size = self.segments.back().map_or(0, |s| s.size);
         let room = size - self.pos;
         let max = inner.opts.max_batch_bytes;
