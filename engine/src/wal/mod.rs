@@ -116,9 +116,11 @@ impl Default for WalOptions {
 /// Counters, for benchmarks and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalStats {
-    /// Batches written (each one write + one `fdatasync`).
+    /// Batches written (each one durable write: `O_DSYNC` on the real disk,
+    /// write + `fdatasync` through other backends).
     pub batches: u64,
-    /// Every `fdatasync`, including those of segment rollover.
+    /// Every point where the WAL waits for durability (a batch, a segment
+    /// header at rollover).
     pub syncs: u64,
     /// Entries written.
     pub entries: u64,
@@ -126,7 +128,7 @@ pub struct WalStats {
     pub bytes: u64,
     /// Segments started after open.
     pub rollovers: u64,
-    /// Time spent in batch `fdatasync`s, in nanoseconds.
+    /// Time spent writing batches until durable, in nanoseconds.
     pub sync_nanos: u64,
 }
 
