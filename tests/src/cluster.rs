@@ -334,6 +334,27 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // Healthy means each member published itself; the others learn of
+        // that publish when the commit reaches them. Until then their member
+        // list shows it "unstarted" (etcd's too), so wait for every list.
+        let deadline = Instant::now() + c.opts.start_timeout;
+        for m in &c.members {
+            loop {
+                let out = etcdctl(&m.endpoint(), &["member", "list", "--command-timeout=2s"]);
+                let list = String::from_utf8_lossy(&out.stdout);
+                if out.status.success() && list.lines().filter(|l| l.contains(", started, ")).count() >= n {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?} member {} did not list {n} started members within {:?}:\n{list}\n{}",
+                    m.name,
+                    c.opts.start_timeout,
+                    c.logs()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         c
     }
 
