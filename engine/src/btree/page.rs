@@ -315,15 +315,6 @@ impl<'a> NodePage<'a> {
         Ok(lo)
     }
 
-    /// Key `i` of a branch and the child to its right (child `i + 1`), in
-    /// one decode of the cell.
-    #[inline]
-    pub(crate) fn branch_cell(&self, i: usize) -> StoreResult<(Ref, u64)> {
-        let (k, _, next) = self.key_at(i)?;
-        let c = rd_u64(self.data, next).ok_or_else(|| corrupt(self.id, "child pointer out of bounds"))?;
-        Ok((k, c))
-    }
-
     /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
     /// inline key and value is sized from its two length fields; anything
     /// else goes through [`Self::leaf_entry`], which reports what is wrong.
@@ -601,11 +592,11 @@ impl LeafBuf {
 
 /// A branch being changed in place: a private copy of its page, like
 /// [`LeafBuf`]. While the transaction runs a child pointer may hold a
-/// dirty-node reference instead of a page id (the tree code tags it with
-/// the top bit, which no page id has: [`BranchBuf::from_page`] refuses a
-/// page that has one); every tagged pointer is patched to a page id before
-/// the page is written. Cells inserted here have inline keys; removed cells
-/// leave garbage until [`BranchBuf::compact`].
+/// dirty-node index instead of a page id: `dirty` lists those children
+/// (so a pointer read from the page is never mistaken for one), and every
+/// one is patched to a page id before the page is written. Cells inserted
+/// here have inline keys; removed cells leave garbage until
+/// [`BranchBuf::compact`].
 pub(crate) struct BranchBuf {
     buf: Vec<u8>,
     count: usize,
@@ -613,6 +604,8 @@ pub(crate) struct BranchBuf {
     cell_lo: usize,
     /// Bytes of cells removed since the last compaction (see [`LeafBuf`]).
     garbage: usize,
+    /// Ascending indices of the children that name a dirty node.
+    dirty: Vec<u16>,
 }
 
 /// Start of a branch page's slot array (after the header and child 0).
@@ -620,33 +613,21 @@ const BRANCH_SLOTS: usize = HEADER_LEN + 8;
 
 impl BranchBuf {
     /// Copies a verified branch page into `buf` (a recycled buffer or
-    /// empty): header, child 0, slots and cell area. Walks every cell once
-    /// (bounds, and no child pointer with bit `tag` set).
-    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>, tag: u64) -> StoreResult<BranchBuf> {
+    /// empty): header, child 0, slots and cell area. Reads only the slots:
+    /// cells are checked when they are read.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<BranchBuf> {
         if page.leaf {
             return Err(corrupt(page.id, "expected a branch page"));
         }
         let slots_end = BRANCH_SLOTS + 2 * page.count;
-        let mut cell_lo = PAGE_SIZE;
-        for i in 0..=page.count {
-            let at = if i == 0 {
-                HEADER_LEN
-            } else {
-                cell_lo = cell_lo.min(page.cell(i - 1)?);
-                page.key_at(i - 1)?.2
-            };
-            let c = rd_u64(page.data, at).ok_or_else(|| corrupt(page.id, "child pointer out of bounds"))?;
-            if c & tag != 0 {
-                return Err(corrupt(page.id, format_args!("child {i} points at page {c}, beyond any file")));
-            }
-        }
+        let cell_lo = page.cells_start()?;
         if buf.len() != PAGE_SIZE {
             buf.clear();
             buf.resize(PAGE_SIZE, 0);
         }
         buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
         buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
-        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0 })
+        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty: Vec::new() })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -691,22 +672,42 @@ impl BranchBuf {
         Ok(next)
     }
 
-    /// Child pointer `i`, raw (a page id or a tagged dirty-node reference).
+    /// Child pointer `i`: a page id, or a dirty-node index if [`Self::is_dirty`].
     #[inline]
     pub(crate) fn child(&self, i: usize) -> StoreResult<u64> {
         let at = self.child_off(i)?;
         rd_u64(&self.buf, at).ok_or_else(|| corrupt(self.view().id, "child pointer out of bounds"))
     }
 
+    /// Whether child `i` names a dirty node.
     #[inline]
-    pub(crate) fn set_child(&mut self, i: usize, c: u64) -> StoreResult<()> {
+    pub(crate) fn is_dirty(&self, i: usize) -> bool {
+        self.dirty.binary_search(&(i as u16)).is_ok()
+    }
+
+    /// Ascending indices of the children that name a dirty node.
+    pub(crate) fn dirty(&self) -> &[u16] {
+        &self.dirty
+    }
+
+    /// Sets child `i` to page `c`, or to dirty node `c` if `dirty`.
+    #[inline]
+    pub(crate) fn set_child(&mut self, i: usize, c: u64, dirty: bool) -> StoreResult<()> {
         let at = self.child_off(i)?;
         self.buf[at..at + 8].copy_from_slice(&c.to_le_bytes());
+        match (self.dirty.binary_search(&(i as u16)), dirty) {
+            (Err(p), true) => self.dirty.insert(p, i as u16),
+            (Ok(p), false) => {
+                self.dirty.remove(p);
+            }
+            _ => {}
+        }
         Ok(())
     }
 
-    /// Inserts key `i` (inline) with child `i + 1`; `false` if it does not fit.
-    pub(crate) fn insert(&mut self, i: usize, key: &[u8], child: u64) -> StoreResult<bool> {
+    /// Inserts key `i` (inline) with child `i + 1` (page `child`, or dirty
+    /// node `child` if `dirty`); `false` if it does not fit.
+    pub(crate) fn insert(&mut self, i: usize, key: &[u8], child: u64, dirty: bool) -> StoreResult<bool> {
         if !key_inline(key.len()) || i > self.count {
             return Ok(false);
         }
@@ -727,6 +728,14 @@ impl BranchBuf {
         self.buf.copy_within(s..old_end, s + 2);
         self.buf[s..s + 2].copy_from_slice(&(at as u16).to_le_bytes());
         self.set_count(self.count + 1);
+        // Children after the new one move up by one.
+        for d in self.dirty.iter_mut().filter(|d| usize::from(**d) > i) {
+            *d += 1;
+        }
+        if dirty {
+            let p = self.dirty.partition_point(|&d| usize::from(d) <= i);
+            self.dirty.insert(p, (i + 1) as u16);
+        }
         Ok(true)
     }
 
@@ -734,6 +743,10 @@ impl BranchBuf {
     /// stay readable until the next insert or compaction).
     pub(crate) fn remove(&mut self, i: usize) -> StoreResult<Ref> {
         let k = self.view().key(i)?;
+        self.dirty.retain(|&d| usize::from(d) != i + 1);
+        for d in self.dirty.iter_mut().filter(|d| usize::from(**d) > i + 1) {
+            *d -= 1;
+        }
         let (s, end) = (BRANCH_SLOTS + 2 * i, self.slots_end());
         self.buf.copy_within(s + 2..end, s);
         self.set_count(self.count - 1);
@@ -772,6 +785,9 @@ impl BranchBuf {
     /// The finished page (every child pointer a page id by now): compacted
     /// if cells were removed, header for page `id`, gap zeroed, sealed.
     pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
+        if !self.dirty.is_empty() {
+            return Err(StoreError::Corrupt("internal B-tree invariant broken: a branch copy still names a dirty child".into()));
+        }
         if self.garbage > 0 {
             self.compact()?;
         }
@@ -1039,25 +1055,32 @@ mod tests {
         let enc: Vec<_> = keys.iter().map(|k| EncRef::Inline(k)).collect();
         let kids: Vec<u64> = (100..151).collect();
         let page = encode_branch(9, 1, &enc, &kids);
-        let tag = 1 << 63;
-        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE], tag).unwrap();
+        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
         let full = 8 + keys.iter().map(|k| branch_entry_len(k.len())).sum::<usize>();
         assert_eq!(bb.size(), full);
-        // Patch child pointers (a tagged one too), insert after key 3 and at both ends.
-        bb.set_child(0, 7).unwrap();
-        bb.set_child(50, tag | 5).unwrap();
-        assert!(bb.insert(4, &[b'k', 7], 200).unwrap());
-        assert!(bb.insert(0, b"a", 201).unwrap());
-        assert!(bb.insert(52, b"z", 202).unwrap());
-        assert_eq!(bb.child(52).unwrap(), tag | 5);
-        bb.set_child(52, 150).unwrap();
-        // Remove key 10 (and child 11): leaves garbage, size drops.
+        // Patch child pointers (dirty ones too), insert after key 3 and at
+        // both ends: the dirty children move along.
+        bb.set_child(0, 7, false).unwrap();
+        bb.set_child(50, 5, true).unwrap();
+        bb.set_child(12, 6, true).unwrap();
+        assert!(bb.insert(4, &[b'k', 7], 200, false).unwrap());
+        assert!(bb.insert(0, b"a", 201, false).unwrap());
+        assert!(bb.insert(52, b"z", 9, true).unwrap());
+        assert_eq!(bb.dirty(), &[14, 52, 53]);
+        assert_eq!(bb.child(52).unwrap(), 5);
+        bb.set_child(52, 150, false).unwrap();
+        bb.set_child(53, 202, false).unwrap();
+        // Remove key 10 (and child 11): leaves garbage, size drops; the
+        // dirty child 14 becomes 13. Then key 12 and the dirty child 13.
         let before = bb.size();
         let k = bb.remove(10).unwrap();
         assert_eq!(bb.size(), before - branch_entry_len(k.len()));
-        // Fill up until it refuses; compaction reclaims the removed cell.
+        assert_eq!(bb.dirty(), &[13]);
+        bb.remove(12).unwrap();
+        assert_eq!(bb.dirty(), &[] as &[u16]);
+        // Fill up until it refuses; compaction reclaims the removed cells.
         let mut n = 0u16;
-        while bb.insert(bb.count(), &[b'z', (n >> 8) as u8, n as u8], 300 + u64::from(n)).unwrap() {
+        while bb.insert(bb.count(), &[b'z', (n >> 8) as u8, n as u8], 300 + u64::from(n), false).unwrap() {
             n += 1;
         }
         assert!(bb.size() <= NODE_CAP && bb.room() < branch_entry_len(3));
@@ -1079,18 +1102,18 @@ mod tests {
             assert!(key(i - 1) < key(i), "keys out of order at {i}");
         }
         // Packed: a copy of the written page is sized exactly.
-        let again = BranchBuf::from_page(&p, Vec::new(), tag).unwrap();
+        let again = BranchBuf::from_page(&p, Vec::new()).unwrap();
         assert_eq!(again.size(), 8 + (0..p.count).map(|i| branch_entry_len(p.key(i).unwrap().len())).sum::<usize>());
     }
 
     #[test]
-    fn branch_buf_refuses_a_page_with_a_tagged_child() {
-        let page = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, (1 << 63) | 3]);
-        let e = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new(), 1 << 63).err().unwrap();
-        assert!(matches!(e, StoreError::Corrupt(ref m) if m.contains("page 5")), "{e:?}");
-        // A leaf is no branch either.
+    fn branch_buf_refuses_a_leaf_and_an_unpatched_child() {
         let leaf = encode_leaf(6, 1, &[]);
-        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new(), 1 << 63).is_err());
+        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new()).is_err());
+        let page = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
+        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new()).unwrap();
+        bb.set_child(1, 3, true).unwrap();
+        assert!(matches!(bb.into_page(5, 2), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

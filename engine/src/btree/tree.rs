@@ -6,9 +6,10 @@
 //! A leaf starts as a private copy of its page ([`LeafBuf`]) that takes
 //! inline puts and deletes in place; it becomes an entry list ([`Leaf`]) when
 //! it needs an overflow run, a split or a merge. A branch starts as a page
-//! copy too ([`BranchBuf`]): dirty children are tagged pointers in it
-//! ([`DIRTY_CHILD`]), separators are inserted and removed as cells, and
-//! it becomes an entry list ([`Branch`]) only when a cell does not fit.
+//! copy too ([`BranchBuf`]): a dirty child's pointer holds its node index
+//! (the copy lists which children are dirty), separators are inserted and
+//! removed as cells, and it becomes an entry list ([`Branch`]) only when a
+//! cell does not fit.
 //! Dirty nodes split while the transaction runs once they reach two pages;
 //! at commit, underfull dirty nodes merge with a sibling (`rebalance`), then
 //! every dirty node is encoded into one or more fresh pages bottom-up
@@ -37,27 +38,6 @@ const MIN_FILL: usize = NODE_CAP / 4;
 /// a sibling when the two then fit in fewer pages, each with this much room
 /// to spare (so a merged page does not split again at the next few inserts).
 const MERGE_SLACK: usize = NODE_CAP / 8;
-/// A child pointer in a [`BranchBuf`] with this bit set names dirty node
-/// `pointer & !DIRTY_CHILD`, not a page (page ids stay below 2^52).
-const DIRTY_CHILD: u64 = 1 << 63;
-
-/// A raw child pointer of a [`BranchBuf`].
-#[inline]
-fn decode_child(raw: u64) -> Child {
-    if raw & DIRTY_CHILD != 0 {
-        Child::Node((raw & !DIRTY_CHILD) as usize)
-    } else {
-        Child::Page(raw)
-    }
-}
-
-#[inline]
-fn encode_child(c: Child) -> u64 {
-    match c {
-        Child::Page(p) => p,
-        Child::Node(n) => n as u64 | DIRTY_CHILD,
-    }
-}
 
 fn internal(what: &str) -> StoreError {
     StoreError::Corrupt(format!("internal B-tree invariant broken: {what}"))
@@ -79,6 +59,13 @@ impl Val {
             Val::Arena { len, .. } | Val::Ovf { len, .. } => len as usize,
         }
     }
+}
+
+/// Child `i` of a branch copy.
+#[inline]
+fn buf_child(b: &BranchBuf, i: usize) -> StoreResult<Child> {
+    let raw = b.child(i)?;
+    Ok(if b.is_dirty(i) { Child::Node(raw as usize) } else { Child::Page(raw) })
 }
 
 /// Sizes are page bytes as [`leaf_entry_len`] / [`branch_entry_len`] count them.
@@ -142,8 +129,8 @@ pub(crate) struct Ctx<'a> {
 
 enum View<'a> {
     P(NodePage<'a>),
-    /// A [`BranchBuf`]: reads like a page, but its child pointers may be tagged.
-    B(NodePage<'a>),
+    /// A [`BranchBuf`]: reads like a page, but some children are dirty nodes.
+    B(NodePage<'a>, &'a BranchBuf),
     M(&'a Node),
 }
 
@@ -152,7 +139,7 @@ enum View<'a> {
 fn mview(n: &Node) -> View<'_> {
     match n {
         Node::Page(l) => View::P(l.view()),
-        Node::BPage(b) => View::B(b.view()),
+        Node::BPage(b) => View::B(b.view(), b),
         other => View::M(other),
     }
 }
@@ -187,7 +174,7 @@ impl<'a> Ctx<'a> {
     fn is_leaf(v: &View<'a>) -> bool {
         match v {
             View::P(p) => p.leaf,
-            View::B(_) => false,
+            View::B(..) => false,
             View::M(n) => matches!(n, Node::Leaf(_) | Node::Page(_)),
         }
     }
@@ -196,7 +183,7 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn count(v: &View<'a>) -> usize {
         match v {
-            View::P(p) | View::B(p) => p.count,
+            View::P(p) | View::B(p, _) => p.count,
             View::M(Node::Leaf(l)) => l.entries.len(),
             View::M(Node::Branch(b)) => b.keys.len(),
             View::M(Node::Page(l)) => l.count(),
@@ -208,7 +195,7 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn key(&self, v: &View<'a>, i: usize) -> StoreResult<&'a [u8]> {
         match v {
-            View::P(p) | View::B(p) => self.map.resolve(p, p.key(i)?),
+            View::P(p) | View::B(p, _) => self.map.resolve(p, p.key(i)?),
             View::M(Node::Leaf(l)) => self.val(l.entries.get(i).ok_or_else(|| internal("leaf index"))?.0),
             View::M(Node::Branch(b)) => self.val(*b.keys.get(i).ok_or_else(|| internal("key index"))?),
             View::M(Node::Page(_)) | View::M(Node::BPage(_)) | View::M(Node::Dead) => {
@@ -236,7 +223,7 @@ impl<'a> Ctx<'a> {
     fn child(&self, v: &View<'a>, i: usize) -> StoreResult<Child> {
         match v {
             View::P(p) => Ok(Child::Page(p.child(i)?)),
-            View::B(p) => Ok(decode_child(p.child(i)?)),
+            View::B(_, b) => buf_child(b, i),
             View::M(Node::Branch(b)) => b.children.get(i).copied().ok_or_else(|| internal("child index")),
             _ => Err(internal("child of a non-branch")),
         }
@@ -248,7 +235,7 @@ impl<'a> Ctx<'a> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let k = match v {
-                View::P(p) | View::B(p) => match p.inline_key(mid) {
+                View::P(p) | View::B(p, _) => match p.inline_key(mid) {
                     Some(k) => k,
                     None => self.key(v, mid)?,
                 },
@@ -464,7 +451,7 @@ impl TxnTrees {
         let node = if page.leaf {
             Node::Page(LeafBuf::from_page(&page, take_buf(&mut self.pool))?)
         } else {
-            Node::BPage(BranchBuf::from_page(&page, take_buf(&mut self.pool), DIRTY_CHILD)?)
+            Node::BPage(BranchBuf::from_page(&page, take_buf(&mut self.pool))?)
         };
         self.freed.push(pid);
         Ok(self.push_node(node))
@@ -483,7 +470,7 @@ impl TxnTrees {
     fn kid(&self, n: usize, i: usize) -> StoreResult<Child> {
         match &self.nodes[n] {
             Node::Branch(b) => b.children.get(i).copied().ok_or_else(|| internal("child index")),
-            Node::BPage(b) if i <= b.count() => Ok(decode_child(b.child(i)?)),
+            Node::BPage(b) if i <= b.count() => buf_child(b, i),
             _ => Err(internal("child of a non-branch")),
         }
     }
@@ -494,7 +481,10 @@ impl TxnTrees {
                 *b.children.get_mut(i).ok_or_else(|| internal("child index"))? = c;
                 Ok(())
             }
-            Node::BPage(b) if i <= b.count() => b.set_child(i, encode_child(c)),
+            Node::BPage(b) if i <= b.count() => match c {
+                Child::Page(p) => b.set_child(i, p, false),
+                Child::Node(x) => b.set_child(i, x as u64, true),
+            },
             _ => Err(internal("child of a non-branch")),
         }
     }
@@ -565,14 +555,13 @@ impl TxnTrees {
             let page = bb.view();
             let mut keys = Vec::with_capacity(page.count + 4);
             let mut children = Vec::with_capacity(page.count + 5);
-            children.push(decode_child(bb.child(0)?));
+            children.push(buf_child(bb, 0)?);
             for i in 0..page.count {
-                let (k, c) = page.branch_cell(i)?;
-                keys.push(match k {
+                keys.push(match page.key(i)? {
                     Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
                     Ref::Ovf { page, len } => Val::Ovf { page, len },
                 });
-                children.push(decode_child(c));
+                children.push(buf_child(bb, i + 1)?);
             }
             let size = bb.size();
             self.nodes[n] = Node::Branch(Branch { keys, children, size });
@@ -695,7 +684,7 @@ impl TxnTrees {
                 Some((parent, ci)) => {
                     if let Node::BPage(bb) = &mut self.nodes[parent] {
                         let kb = Ctx { map: &self.map, nodes: &[], arena: &self.arena }.val(sep)?;
-                        if bb.insert(ci, kb, encode_child(Child::Node(right)))? {
+                        if bb.insert(ci, kb, right as u64, true)? {
                             return Ok(());
                         }
                         self.make_entry_list(parent)?;
@@ -779,7 +768,7 @@ impl TxnTrees {
             while let Some(Child::Node(r)) = self.roots[t] {
                 match &self.nodes[r] {
                     Node::Branch(b) if b.children.len() == 1 => self.roots[t] = Some(b.children[0]),
-                    Node::BPage(b) if b.count() == 0 => self.roots[t] = Some(decode_child(b.child(0)?)),
+                    Node::BPage(b) if b.count() == 0 => self.roots[t] = Some(buf_child(b, 0)?),
                     Node::Leaf(l) if l.entries.is_empty() => self.roots[t] = None,
                     Node::Page(l) if l.count() == 0 => self.roots[t] = None,
                     _ => break,
@@ -813,9 +802,18 @@ impl TxnTrees {
 
     fn rebalance(&mut self, n: usize) -> StoreResult<()> {
         let mut kids = Vec::new();
-        for i in 0..self.kid_count(n) {
-            if let Child::Node(k) = self.kid(n, i)? {
-                kids.push(k);
+        match &self.nodes[n] {
+            Node::BPage(b) => {
+                for &i in b.dirty() {
+                    kids.push(b.child(usize::from(i))? as usize);
+                }
+            }
+            _ => {
+                for i in 0..self.kid_count(n) {
+                    if let Child::Node(k) = self.kid(n, i)? {
+                        kids.push(k);
+                    }
+                }
             }
         }
         for k in kids {
@@ -829,6 +827,13 @@ impl TxnTrees {
         let mut i = 0;
         loop {
             let len = self.kid_count(n);
+            if let Node::BPage(b) = &self.nodes[n] {
+                // Only dirty children can merge: skip to the next one.
+                match b.dirty().iter().find(|&&d| usize::from(d) >= i) {
+                    Some(&d) => i = usize::from(d),
+                    None => return Ok(()),
+                }
+            }
             if len < 2 || i >= len {
                 return Ok(());
             }
@@ -1045,17 +1050,15 @@ impl TxnTrees {
         let (mut more, mut more_seps) = (Vec::new(), Vec::new());
         let mut need = 0;
         let mut inline = true;
-        for i in 0..=bb.count() {
-            let raw = bb.child(i)?;
-            if raw & DIRTY_CHILD == 0 {
-                continue;
-            }
+        let dirty: Vec<usize> = bb.dirty().iter().map(|&d| usize::from(d)).collect();
+        for i in dirty {
+            let node = bb.child(i)? as usize;
             let (p0, s0) = (more.len(), more_seps.len());
-            self.spill(decode_child(raw), a, txid, out, &mut more, &mut more_seps)?;
+            self.spill(Child::Node(node), a, txid, out, &mut more, &mut more_seps)?;
             if more.len() <= p0 {
                 return Err(internal("a child spilled into no page"));
             }
-            bb.set_child(i, more.remove(p0))?;
+            bb.set_child(i, more.remove(p0), false)?;
             if more.len() > p0 {
                 split.push((i, p0, s0));
                 for s in &more_seps[s0..] {
@@ -1071,7 +1074,7 @@ impl TxnTrees {
                 let (pe, se) = split.get(w + 1).map_or((more.len(), more_seps.len()), |&(_, p, s)| (p, s));
                 debug_assert_eq!(pe - p, se - s);
                 for j in (0..pe - p).rev() {
-                    if !bb.insert(i, ctx.val(more_seps[s + j])?, more[p + j])? {
+                    if !bb.insert(i, ctx.val(more_seps[s + j])?, more[p + j], false)? {
                         return Err(internal("separator did not fit a sized branch copy"));
                     }
                 }
