@@ -453,6 +453,103 @@ fn same_length_overwrites_patch_the_leaf_copy_in_place() {
     }
 }
 
+/// Branches are copied as pages and patched in place (child pointers,
+/// separator cells inserted by splits below and removed by merges, and a
+/// split of the branch copy itself when its new separators overflow it),
+/// across transactions, while an older snapshot keeps reading the pages
+/// those copies replaced.
+#[test]
+fn branch_copies_patch_splits_and_merges_under_an_old_snapshot() {
+    let io = Arc::new(FaultIo::new());
+    let db = Db::open_with_io(io.clone(), opts()).unwrap();
+    let key = |i: u32| format!("key{:08}", i.wrapping_mul(2_654_435_761) % 1_000_000_007).into_bytes();
+    let mut model = BTreeMap::new();
+    let mut w = db.begin_write().unwrap();
+    for i in 0..30_000u32 {
+        w.put(Tree::Kv, &key(i), &[i as u8; 60]).unwrap();
+        model.insert(key(i), vec![i as u8; 60]);
+    }
+    w.commit().unwrap();
+    db.sync().unwrap();
+    let h0 = db.check().unwrap().height[0];
+    assert!(h0 >= 3, "want two branch levels, height {h0}");
+    let old = db.snapshot();
+    let old_model = model.clone();
+    let mut snaps = vec![(db.snapshot(), model.clone())];
+    for round in 0..12u32 {
+        let mut w = db.begin_write().unwrap();
+        match round % 3 {
+            // Dense inserts between existing keys: many leaf splits under a
+            // few branches, whose copies take the separators (and split).
+            0 => {
+                for j in 0..3_000u32 {
+                    let k = format!("key{:08}x{round}", (j * 331) % 1_000_000_007).into_bytes();
+                    let v = vec![round as u8; 80];
+                    w.put(Tree::Kv, &k, &v).unwrap();
+                    model.insert(k, v);
+                }
+            }
+            // Scattered deletes: underfull leaves merge, their separators
+            // leave the branch copies.
+            1 => {
+                let doomed: Vec<Vec<u8>> = model.keys().filter(|k| k[3] % 3 != 0).step_by(2).cloned().collect();
+                for k in doomed.iter().take(6_000) {
+                    assert!(w.delete(Tree::Kv, k).unwrap());
+                    model.remove(k);
+                }
+            }
+            // Scattered overwrites with a new length (leaf copies become
+            // entry lists, split at commit) plus a few large keys, whose
+            // separators need overflow runs.
+            _ => {
+                for (j, k) in model.keys().step_by(7).cloned().collect::<Vec<_>>().into_iter().enumerate() {
+                    let v = vec![j as u8; 70 + j % 50];
+                    w.put(Tree::Kv, &k, &v).unwrap();
+                    model.insert(k, v);
+                }
+                for j in 0..40u32 {
+                    let mut k = format!("key{:08}", j * 25_000_000).into_bytes();
+                    k.extend(std::iter::repeat_n(b'L', 600));
+                    w.put(Tree::Kv, &k, b"large key").unwrap();
+                    model.insert(k, b"large key".to_vec());
+                }
+            }
+        }
+        // The transaction reads its own patched branch copies.
+        for (k, v) in model.iter().step_by(101) {
+            assert_eq!(w.get(Tree::Kv, k).unwrap(), Some(&v[..]), "round {round}");
+        }
+        w.commit().unwrap();
+        if round % 4 == 3 {
+            db.sync().unwrap();
+        }
+        let r = db.check().unwrap();
+        assert_eq!(r.entries[0], model.len() as u64, "round {round}");
+        snaps.push((db.snapshot(), model.clone()));
+        if snaps.len() > 3 {
+            snaps.remove(1);
+        }
+    }
+    // Every snapshot, the oldest included, still reads exactly its state.
+    for (s, m) in snaps.iter().chain([&(old, old_model)]) {
+        let mut got = Vec::new();
+        s.scan(Tree::Kv, Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
+            got.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+        assert!(got.iter().map(|(k, v)| (k, v)).eq(m.iter()), "snapshot {} differs", s.txid());
+    }
+    drop(snaps);
+    db.sync().unwrap();
+    drop(db);
+    let db = Db::open_with_io(Arc::new(io.crash(CrashMode::LoseUnsynced)), opts()).unwrap();
+    assert_eq!(db.check().unwrap().entries[0], model.len() as u64);
+    for (k, v) in model.iter().step_by(37) {
+        assert_eq!(db.snapshot().get(Tree::Kv, k).unwrap(), Some(&v[..]));
+    }
+}
+
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }

@@ -290,7 +290,7 @@ impl Db {
         if len < 2 * PS {
             if len > 0 {
                 let m = io.map().map_err(io_err(|| format!("mapping {name}")))?;
-                let mapped = Mapped::new(m, None, false);
+                let mapped = Mapped::new(m, len, None, false);
                 let blank = mapped.bytes(0, len as usize).is_some_and(|b| b.iter().all(|&x| x == 0));
                 if !blank {
                     return Err(StoreError::Corrupt(format!("{name}: {len} bytes, too short for a store file")));
@@ -299,13 +299,13 @@ impl Db {
             Self::init(&*io, &opts, &name)?;
             len = io.file_len().map_err(io_err(|| format!("reading the size of {name}")))?;
         }
-        let mut map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, None, opts.verify_every_read);
+        let mut map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, len, None, opts.verify_every_read);
         let (meta, slot) = match Self::pick_meta(&map, &name)? {
             Some(x) => x,
             None => {
                 Self::init(&*io, &opts, &name)?;
                 len = io.file_len().map_err(io_err(|| format!("reading the size of {name}")))?;
-                map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, None, opts.verify_every_read);
+                map = Mapped::new(io.map().map_err(io_err(|| format!("mapping {name}")))?, len, None, opts.verify_every_read);
                 Self::pick_meta(&map, &name)?.ok_or_else(|| StoreError::Corrupt(format!("{name}: meta pages unreadable after initialisation")))?
             }
         };
@@ -435,8 +435,15 @@ impl Db {
             g.file_len = new_len;
         }
         if g.file_len > g.map.len() {
-            let m = self.io.map().map_err(io_err(|| format!("mapping {}", self.name)))?;
-            g.map = Arc::new(Mapped::new(m, Some(&g.map), self.opts.verify_every_read));
+            // The map reserves address space past the end of the file, so a
+            // longer file is usually served by the same mapping (no new map
+            // whose pages all fault again on first touch).
+            let m = if g.map.map().len() as u64 >= g.file_len {
+                g.map.map().clone()
+            } else {
+                self.io.map().map_err(io_err(|| format!("mapping {}", self.name)))?
+            };
+            g.map = Arc::new(Mapped::new(m, g.file_len, Some(&g.map), self.opts.verify_every_read));
         }
         Ok(())
     }

@@ -9,17 +9,21 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::{Rng, SeedableRng};
 
-/// A read-only view of the first [`PageMap::len`] bytes of the file.
+/// A read-only view of the file: `len()` bytes of address space, of which
+/// only the part inside the file may be read (a map may reserve room past
+/// the end of the file, where an access would fault; the file grows into it).
 ///
 /// # Safety
-/// Implementors guarantee that `as_ptr()..as_ptr() + len()` stays mapped and
-/// readable for as long as the object lives, and that a later
-/// [`PageIo::write_at`] to a range below `len()` made through the backend that
-/// produced the newest map is visible through that map. The B-tree never
+/// Implementors guarantee that `as_ptr()..as_ptr() + len()` stays mapped for
+/// as long as the object lives, that the part of it inside the file is
+/// readable (the file never shrinks), and that a later [`PageIo::write_at`]
+/// to a range inside the file made through the backend that produced the
+/// newest map is visible through that map. The B-tree never
 /// writes a range while a reference into it is alive (see `docs/btree.md`,
 /// "Free-page reuse"), so shared slices into the map are never aliased by a
 /// write.
@@ -41,7 +45,7 @@ pub trait PageIo: Send + Sync + 'static {
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// `fdatasync`: every earlier write and growth becomes durable.
     fn sync_data(&self) -> io::Result<()>;
-    /// Maps the whole current file. Earlier maps stay valid.
+    /// Maps at least the whole current file. Earlier maps stay valid.
     fn map(&self) -> io::Result<Arc<dyn PageMap>>;
     /// Names the file in error messages.
     fn describe(&self) -> String;
@@ -58,6 +62,9 @@ pub trait PageIo: Send + Sync + 'static {
 pub struct FileIo {
     file: File,
     path: PathBuf,
+    /// The file's length (only `grow` changes it): `write_at` goes through
+    /// the map only below it.
+    len: AtomicU64,
     /// The newest writable map and its base pointer; writes go through it.
     map: Mutex<Option<Arc<MmapRw>>>,
 }
@@ -78,9 +85,13 @@ impl FileIo {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("store file is locked by another process ({e})")));
         }
-        Ok(FileIo { file, path, map: Mutex::new(None) })
+        let len = AtomicU64::new(file.metadata()?.len());
+        Ok(FileIo { file, path, len, map: Mutex::new(None) })
     }
 }
+
+/// Least address space a map reserves (see [`FileIo::map`]).
+const RESERVE_MIN: u64 = 1 << 30;
 
 /// A shared writable mapping; `ptr` is the mapping's own address, written
 /// only by [`FileIo::write_at`] into ranges no reader borrows.
@@ -113,6 +124,7 @@ impl PageIo for FileIo {
     fn grow(&self, len: u64) -> io::Result<()> {
         let cur = self.file.metadata()?.len();
         if len <= cur {
+            self.len.store(cur, Ordering::Release);
             return Ok(());
         }
         let (off, n) = (cur as libc::off_t, (len - cur) as libc::off_t);
@@ -126,13 +138,15 @@ impl PageIo for FileIo {
             // No fallocate here (a filesystem without it): a sparse file.
             self.file.set_len(len)?;
         }
+        self.len.store(len, Ordering::Release);
         Ok(())
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = &*m {
             let off = offset as usize;
-            if off.checked_add(data.len()).is_some_and(|e| e <= map.len) {
+            let end = (map.len as u64).min(self.len.load(Ordering::Acquire));
+            if off.checked_add(data.len()).is_some_and(|e| e as u64 <= end) {
                 // SAFETY: in bounds of a live writable mapping; the range is
                 // free (no reader holds a slice into it) per the PageMap contract.
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.ptr.add(off), data.len()) };
@@ -146,10 +160,18 @@ impl PageIo for FileIo {
         self.file.sync_data()
     }
     fn map(&self) -> io::Result<Arc<dyn PageMap>> {
+        // Reserve address space for the file to grow into (twice its
+        // length, at least 1 GiB): growing it then needs no new map. Pages
+        // past the end of the file are never touched (that would be a
+        // SIGBUS): every read is bounded by the length the file was grown
+        // to, every write by `self.len`.
+        let file_len = self.file.metadata()?.len();
+        let reserve = file_len.saturating_mul(2).max(RESERVE_MIN);
+        let reserve = usize::try_from(reserve).map_err(|_| io::Error::other("file too large to map"))?;
         // SAFETY: the file is ours alone (exclusive flock); the B-tree only
         // writes ranges that no live reference covers, and never shrinks
-        // the file, so the mapped range stays backed by the file.
-        let mut m = unsafe { memmap2::MmapOptions::new().map_mut(&self.file)? };
+        // the file, so the part of the mapping inside the file stays backed.
+        let mut m = unsafe { memmap2::MmapOptions::new().len(reserve).map_mut(&self.file)? };
         let (ptr, len) = (m.as_mut_ptr(), m.len());
         let map = Arc::new(MmapRw { _map: m, ptr, len });
         *self.map.lock().unwrap_or_else(|e| e.into_inner()) = Some(map.clone());
@@ -401,5 +423,33 @@ mod tests {
         assert_eq!(kept[4096], 2);
         f.fail_after(Some(0));
         assert!(f.sync_data().is_err());
+    }
+
+    /// The file grows inside the address space its map reserved: a write
+    /// past the old end lands in the same mapping, and a write past the
+    /// current end goes to the file (never into the unbacked reservation).
+    #[test]
+    fn file_grows_inside_the_reserved_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = FileIo::open(dir.path().join("kv.db")).unwrap();
+        io.grow(8192).unwrap();
+        let m = io.map().unwrap();
+        assert!(m.len() as u64 >= RESERVE_MIN);
+        io.write_at(4096, &[1; 4096]).unwrap();
+        io.grow(1 << 20).unwrap();
+        io.write_at(512 << 10, &[2; 4096]).unwrap();
+        // SAFETY: both ranges lie inside the file; nothing writes them now.
+        let (a, b) = unsafe { (*m.as_ptr().add(4096), *m.as_ptr().add(512 << 10)) };
+        assert_eq!((a, b), (1, 2));
+        // A reader bounds its reads by the file's length, not the map's.
+        let mapped = super::super::pager::Mapped::new(m.clone(), 1 << 20, None, false);
+        assert!(mapped.page(255).is_ok());
+        assert!(mapped.page(256).is_err());
+        // Past the end of the file: extends it through the file, no fault.
+        io.write_at(2 << 20, &[3; 4096]).unwrap();
+        assert_eq!(io.file_len().unwrap(), (2 << 20) + 4096);
+        let mut buf = [0u8; 1];
+        io.file.read_exact_at(&mut buf, 2 << 20).unwrap();
+        assert_eq!(buf[0], 3);
     }
 }

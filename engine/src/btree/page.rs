@@ -315,15 +315,6 @@ impl<'a> NodePage<'a> {
         Ok(lo)
     }
 
-    /// Key `i` of a branch and the child to its right (child `i + 1`), in
-    /// one decode of the cell.
-    #[inline]
-    pub(crate) fn branch_cell(&self, i: usize) -> StoreResult<(Ref, u64)> {
-        let (k, _, next) = self.key_at(i)?;
-        let c = rd_u64(self.data, next).ok_or_else(|| corrupt(self.id, "child pointer out of bounds"))?;
-        Ok((k, c))
-    }
-
     /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
     /// inline key and value is sized from its two length fields; anything
     /// else goes through [`Self::leaf_entry`], which reports what is wrong.
@@ -599,6 +590,216 @@ impl LeafBuf {
     }
 }
 
+/// A branch being changed in place: a private copy of its page, like
+/// [`LeafBuf`]. While the transaction runs a child pointer may hold a
+/// dirty-node index instead of a page id: `dirty` lists those children
+/// (so a pointer read from the page is never mistaken for one), and every
+/// one is patched to a page id before the page is written. Cells inserted
+/// here have inline keys; removed cells leave garbage until
+/// [`BranchBuf::compact`].
+pub(crate) struct BranchBuf {
+    buf: Vec<u8>,
+    count: usize,
+    /// Lowest cell offset: the free gap is `slots_end()..cell_lo`.
+    cell_lo: usize,
+    /// Bytes of cells removed since the last compaction (see [`LeafBuf`]).
+    garbage: usize,
+    /// Ascending indices of the children that name a dirty node.
+    dirty: Vec<u16>,
+}
+
+/// Start of a branch page's slot array (after the header and child 0).
+const BRANCH_SLOTS: usize = HEADER_LEN + 8;
+
+impl BranchBuf {
+    /// Copies a verified branch page into `buf` (a recycled buffer or
+    /// empty): header, child 0, slots and cell area. Reads only the slots:
+    /// cells are checked when they are read.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<BranchBuf> {
+        if page.leaf {
+            return Err(corrupt(page.id, "expected a branch page"));
+        }
+        let slots_end = BRANCH_SLOTS + 2 * page.count;
+        let cell_lo = page.cells_start()?;
+        if buf.len() != PAGE_SIZE {
+            buf.clear();
+            buf.resize(PAGE_SIZE, 0);
+        }
+        buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
+        buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
+        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty: Vec::new() })
+    }
+
+    pub(crate) fn view(&self) -> NodePage<'_> {
+        NodePage { id: rd_u64(&self.buf, 8).unwrap_or(0), data: &self.buf, leaf: false, count: self.count }
+    }
+
+    /// Number of keys (one fewer than children).
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Bytes in use as a node size: child 0, slots and live cells.
+    pub(crate) fn size(&self) -> usize {
+        8 + (PAGE_SIZE - self.cell_lo - self.garbage) + 2 * self.count
+    }
+
+    /// Room an insert may use once the garbage is compacted away.
+    pub(crate) fn room(&self) -> usize {
+        NODE_CAP - self.size()
+    }
+
+    fn slots_end(&self) -> usize {
+        BRANCH_SLOTS + 2 * self.count
+    }
+
+    fn set_count(&mut self, n: usize) {
+        self.count = n;
+        self.buf[6..8].copy_from_slice(&(n as u16).to_le_bytes());
+    }
+
+    /// Offset of child pointer `i` (`0..=count`).
+    #[inline]
+    fn child_off(&self, i: usize) -> StoreResult<usize> {
+        if i == 0 {
+            return Ok(HEADER_LEN);
+        }
+        let view = self.view();
+        let next = view.key_at(i - 1)?.2;
+        if next + 8 > PAGE_SIZE {
+            return Err(corrupt(view.id, "child pointer out of bounds"));
+        }
+        Ok(next)
+    }
+
+    /// Child pointer `i`: a page id, or a dirty-node index if [`Self::is_dirty`].
+    #[inline]
+    pub(crate) fn child(&self, i: usize) -> StoreResult<u64> {
+        let at = self.child_off(i)?;
+        rd_u64(&self.buf, at).ok_or_else(|| corrupt(self.view().id, "child pointer out of bounds"))
+    }
+
+    /// Whether child `i` names a dirty node.
+    #[inline]
+    pub(crate) fn is_dirty(&self, i: usize) -> bool {
+        self.dirty.binary_search(&(i as u16)).is_ok()
+    }
+
+    /// Ascending indices of the children that name a dirty node.
+    pub(crate) fn dirty(&self) -> &[u16] {
+        &self.dirty
+    }
+
+    /// Sets child `i` to page `c`, or to dirty node `c` if `dirty`.
+    #[inline]
+    pub(crate) fn set_child(&mut self, i: usize, c: u64, dirty: bool) -> StoreResult<()> {
+        let at = self.child_off(i)?;
+        self.buf[at..at + 8].copy_from_slice(&c.to_le_bytes());
+        match (self.dirty.binary_search(&(i as u16)), dirty) {
+            (Err(p), true) => self.dirty.insert(p, i as u16),
+            (Ok(p), false) => {
+                self.dirty.remove(p);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Inserts key `i` (inline) with child `i + 1` (page `child`, or dirty
+    /// node `child` if `dirty`); `false` if it does not fit.
+    pub(crate) fn insert(&mut self, i: usize, key: &[u8], child: u64, dirty: bool) -> StoreResult<bool> {
+        if !key_inline(key.len()) || i > self.count {
+            return Ok(false);
+        }
+        let need = branch_entry_len(key.len());
+        if self.cell_lo < self.slots_end() + need {
+            self.compact()?;
+            if self.cell_lo < self.slots_end() + need {
+                return Ok(false);
+            }
+        }
+        let at = self.cell_lo - (need - 2);
+        self.buf[at] = 0;
+        let end = put_part_at(&mut self.buf, at + 1, EncRef::Inline(key));
+        self.buf[end..end + 8].copy_from_slice(&child.to_le_bytes());
+        self.cell_lo = at;
+        let s = BRANCH_SLOTS + 2 * i;
+        let old_end = self.slots_end();
+        self.buf.copy_within(s..old_end, s + 2);
+        self.buf[s..s + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        self.set_count(self.count + 1);
+        // Children after the new one move up by one.
+        for d in self.dirty.iter_mut().filter(|d| usize::from(**d) > i) {
+            *d += 1;
+        }
+        if dirty {
+            let p = self.dirty.partition_point(|&d| usize::from(d) <= i);
+            self.dirty.insert(p, (i + 1) as u16);
+        }
+        Ok(true)
+    }
+
+    /// Removes key `i` and child `i + 1`; returns the key (inline bytes
+    /// stay readable until the next insert or compaction).
+    pub(crate) fn remove(&mut self, i: usize) -> StoreResult<Ref> {
+        let k = self.view().key(i)?;
+        self.dirty.retain(|&d| usize::from(d) != i + 1);
+        for d in self.dirty.iter_mut().filter(|d| usize::from(**d) > i + 1) {
+            *d -= 1;
+        }
+        let (s, end) = (BRANCH_SLOTS + 2 * i, self.slots_end());
+        self.buf.copy_within(s + 2..end, s);
+        self.set_count(self.count - 1);
+        self.garbage += branch_entry_len(k.len()) - 2;
+        Ok(k)
+    }
+
+    /// Repacks the live cells at the end of the page.
+    fn compact(&mut self) -> StoreResult<()> {
+        let mut out = vec![0u8; PAGE_SIZE];
+        out[..BRANCH_SLOTS].copy_from_slice(&self.buf[..BRANCH_SLOTS]);
+        let mut at = PAGE_SIZE;
+        for i in 0..self.count {
+            let view = self.view();
+            let off = view.cell(i)?;
+            let len = branch_entry_len(view.key(i)?.len()) - 2;
+            let cell = self.buf.get(off..off + len).ok_or_else(|| corrupt(view.id, "cell out of bounds"))?;
+            if at < BRANCH_SLOTS + 2 * self.count + len {
+                return Err(corrupt(view.id, "cells overlap"));
+            }
+            at -= len;
+            out[at..at + len].copy_from_slice(cell);
+            out[BRANCH_SLOTS + 2 * i..BRANCH_SLOTS + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+        }
+        self.buf = out;
+        self.cell_lo = at;
+        self.garbage = 0;
+        Ok(())
+    }
+
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// The finished page (every child pointer a page id by now): compacted
+    /// if cells were removed, header for page `id`, gap zeroed, sealed.
+    pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
+        if !self.dirty.is_empty() {
+            return Err(StoreError::Corrupt("internal B-tree invariant broken: a branch copy still names a dirty child".into()));
+        }
+        if self.garbage > 0 {
+            self.compact()?;
+        }
+        let count = self.count as u16;
+        let (lo, hi) = (self.slots_end(), self.cell_lo);
+        self.buf[lo..hi].fill(0);
+        header(&mut self.buf, KIND_BRANCH, count, id, txid);
+        seal(&mut self.buf);
+        Ok(self.buf)
+    }
+}
+
 // ---- overflow runs ----
 
 /// Encodes `data` as an overflow run starting at page `first`; the crc covers
@@ -846,6 +1047,73 @@ mod tests {
         // The gap (stale bytes of the recycled buffer) is zeroed.
         let lo = HEADER_LEN + 2 * p.count;
         assert!(out[lo..p.cells_start().unwrap()].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn branch_buf_patches_inserts_removes_and_compacts() {
+        let keys: Vec<Vec<u8>> = (0..50u8).map(|i| vec![b'k', 2 * i]).collect();
+        let enc: Vec<_> = keys.iter().map(|k| EncRef::Inline(k)).collect();
+        let kids: Vec<u64> = (100..151).collect();
+        let page = encode_branch(9, 1, &enc, &kids);
+        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
+        let full = 8 + keys.iter().map(|k| branch_entry_len(k.len())).sum::<usize>();
+        assert_eq!(bb.size(), full);
+        // Patch child pointers (dirty ones too), insert after key 3 and at
+        // both ends: the dirty children move along.
+        bb.set_child(0, 7, false).unwrap();
+        bb.set_child(50, 5, true).unwrap();
+        bb.set_child(12, 6, true).unwrap();
+        assert!(bb.insert(4, &[b'k', 7], 200, false).unwrap());
+        assert!(bb.insert(0, b"a", 201, false).unwrap());
+        assert!(bb.insert(52, b"z", 9, true).unwrap());
+        assert_eq!(bb.dirty(), &[14, 52, 53]);
+        assert_eq!(bb.child(52).unwrap(), 5);
+        bb.set_child(52, 150, false).unwrap();
+        bb.set_child(53, 202, false).unwrap();
+        // Remove key 10 (and child 11): leaves garbage, size drops; the
+        // dirty child 14 becomes 13. Then key 12 and the dirty child 13.
+        let before = bb.size();
+        let k = bb.remove(10).unwrap();
+        assert_eq!(bb.size(), before - branch_entry_len(k.len()));
+        assert_eq!(bb.dirty(), &[13]);
+        bb.remove(12).unwrap();
+        assert_eq!(bb.dirty(), &[] as &[u16]);
+        // Fill up until it refuses; compaction reclaims the removed cells.
+        let mut n = 0u16;
+        while bb.insert(bb.count(), &[b'z', (n >> 8) as u8, n as u8], 300 + u64::from(n), false).unwrap() {
+            n += 1;
+        }
+        assert!(bb.size() <= NODE_CAP && bb.room() < branch_entry_len(3));
+        let count = bb.count();
+        let out = bb.into_page(12, 2).unwrap();
+        verify_crc(12, &out).unwrap();
+        let p = NodePage::parse(12, &out).unwrap();
+        assert_eq!(p.count, count);
+        assert_eq!(p.child(0).unwrap(), 7);
+        assert_eq!(p.child(1).unwrap(), 201);
+        let key = |i: usize| match p.key(i).unwrap() {
+            Ref::Inline { off, len } => p.inline(off, len).unwrap().to_vec(),
+            Ref::Ovf { .. } => panic!("inline key expected"),
+        };
+        assert_eq!(key(0), b"a");
+        assert_eq!(key(5), [b'k', 7]);
+        assert_eq!(p.child(6).unwrap(), 200);
+        for i in 1..p.count {
+            assert!(key(i - 1) < key(i), "keys out of order at {i}");
+        }
+        // Packed: a copy of the written page is sized exactly.
+        let again = BranchBuf::from_page(&p, Vec::new()).unwrap();
+        assert_eq!(again.size(), 8 + (0..p.count).map(|i| branch_entry_len(p.key(i).unwrap().len())).sum::<usize>());
+    }
+
+    #[test]
+    fn branch_buf_refuses_a_leaf_and_an_unpatched_child() {
+        let leaf = encode_leaf(6, 1, &[]);
+        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new()).is_err());
+        let page = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
+        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new()).unwrap();
+        bb.set_child(1, 3, true).unwrap();
+        assert!(matches!(bb.into_page(5, 2), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -16,21 +16,24 @@ use crate::kv::StoreResult;
 /// to pages reachable from the version the caller holds, so no slice
 /// returned here is ever written while it is borrowed.
 pub(crate) struct Mapped {
-    _map: Arc<dyn PageMap>,
+    map: Arc<dyn PageMap>,
     ptr: *const u8,
     len: usize,
     verified: Box<[AtomicU64]>,
     verify_every_read: bool,
 }
 
-// SAFETY: the raw pointer is just a cached `_map.as_ptr()`; PageMap is
+// SAFETY: the raw pointer is just a cached `map.as_ptr()`; PageMap is
 // Send + Sync and the memory stays valid while `_map` lives.
 unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 
 impl Mapped {
-    pub(crate) fn new(map: Arc<dyn PageMap>, prev: Option<&Mapped>, verify_every_read: bool) -> Mapped {
-        let pages = map.len() / PAGE_SIZE;
+    /// Serves the first `len` bytes of `map` (the file's length: a map may
+    /// reach past the end of the file, and those bytes must not be touched).
+    pub(crate) fn new(map: Arc<dyn PageMap>, len: u64, prev: Option<&Mapped>, verify_every_read: bool) -> Mapped {
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(map.len());
+        let pages = len / PAGE_SIZE;
         let words = pages.div_ceil(64);
         let verified: Box<[AtomicU64]> = (0..words)
             .map(|i| {
@@ -38,10 +41,15 @@ impl Mapped {
                 AtomicU64::new(v)
             })
             .collect();
-        Mapped { ptr: map.as_ptr(), len: map.len(), _map: map, verified, verify_every_read }
+        Mapped { ptr: map.as_ptr(), len, map, verified, verify_every_read }
     }
 
-    /// Mapped length in bytes.
+    /// The underlying map (to serve a longer file from the same mapping).
+    pub(crate) fn map(&self) -> &Arc<dyn PageMap> {
+        &self.map
+    }
+
+    /// Length served, in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.len as u64
     }

@@ -5,7 +5,11 @@
 //! into memory ([`Node`]), leaving the pages of the base version untouched.
 //! A leaf starts as a private copy of its page ([`LeafBuf`]) that takes
 //! inline puts and deletes in place; it becomes an entry list ([`Leaf`]) when
-//! it needs an overflow run, a split or a merge.
+//! it needs an overflow run, a split or a merge. A branch starts as a page
+//! copy too ([`BranchBuf`]): a dirty child's pointer holds its node index
+//! (the copy lists which children are dirty), separators are inserted and
+//! removed as cells, and it becomes an entry list ([`Branch`]) only when a
+//! cell does not fit.
 //! Dirty nodes split while the transaction runs once they reach two pages;
 //! at commit, underfull dirty nodes merge with a sibling (`rebalance`), then
 //! every dirty node is encoded into one or more fresh pages bottom-up
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use super::pager::Mapped;
 use super::page::{
     branch_entry_len, corrupt, encode_branch_into, encode_leaf_into, encode_overflow, key_inline, leaf_entry_len,
-    ovf_pages, value_inline, EncRef, LeafBuf, NodePage, Ref, NODE_CAP, PAGE_SIZE, PS,
+    ovf_pages, value_inline, BranchBuf, EncRef, LeafBuf, NodePage, Ref, NODE_CAP, PAGE_SIZE,
 };
 use crate::kv::{StoreError, StoreResult, Tree};
 
@@ -42,9 +46,6 @@ fn internal(what: &str) -> StoreError {
 /// Where a key or value of a dirty entry lives.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Val {
-    /// Inline bytes of a base-version page, at file offset `off`. Valid until
-    /// the transaction ends: pages it frees are not reused before it commits.
-    Map { off: u64, len: u32 },
     /// Bytes this transaction wrote: `arena[off..off + len]`.
     Arena { off: usize, len: u32 },
     /// An overflow run of the base version, owned by the cell holding this.
@@ -55,9 +56,16 @@ impl Val {
     #[inline]
     pub(crate) fn len(&self) -> usize {
         match *self {
-            Val::Map { len, .. } | Val::Arena { len, .. } | Val::Ovf { len, .. } => len as usize,
+            Val::Arena { len, .. } | Val::Ovf { len, .. } => len as usize,
         }
     }
+}
+
+/// Child `i` of a branch copy.
+#[inline]
+fn buf_child(b: &BranchBuf, i: usize) -> StoreResult<Child> {
+    let raw = b.child(i)?;
+    Ok(if b.is_dirty(i) { Child::Node(raw as usize) } else { Child::Page(raw) })
 }
 
 /// Sizes are page bytes as [`leaf_entry_len`] / [`branch_entry_len`] count them.
@@ -77,6 +85,8 @@ pub(crate) enum Node {
     /// A leaf as a patched copy of its page.
     Page(LeafBuf),
     Leaf(Leaf),
+    /// A branch as a patched copy of its page.
+    BPage(BranchBuf),
     Branch(Branch),
     /// Merged away or already written.
     Dead,
@@ -87,6 +97,7 @@ impl Node {
         match self {
             Node::Page(l) => l.size(),
             Node::Leaf(l) => l.size,
+            Node::BPage(b) => b.size(),
             Node::Branch(b) => b.size,
             Node::Dead => 0,
         }
@@ -118,14 +129,17 @@ pub(crate) struct Ctx<'a> {
 
 enum View<'a> {
     P(NodePage<'a>),
+    /// A [`BranchBuf`]: reads like a page, but some children are dirty nodes.
+    B(NodePage<'a>, &'a BranchBuf),
     M(&'a Node),
 }
 
-/// The view of a dirty node (a [`LeafBuf`] reads like a page).
+/// The view of a dirty node (a [`LeafBuf`] or [`BranchBuf`] reads like a page).
 #[inline]
 fn mview(n: &Node) -> View<'_> {
     match n {
         Node::Page(l) => View::P(l.view()),
+        Node::BPage(b) => View::B(b.view(), b),
         other => View::M(other),
     }
 }
@@ -143,10 +157,6 @@ impl<'a> Ctx<'a> {
     #[inline]
     pub(crate) fn val(&self, v: Val) -> StoreResult<&'a [u8]> {
         match v {
-            Val::Map { off, len } => self
-                .map
-                .bytes(off, len as usize)
-                .ok_or_else(|| corrupt(off / PS, "cell out of the mapped file")),
             Val::Arena { off, len } => self.arena.get(off..off + len as usize).ok_or_else(|| internal("arena range")),
             Val::Ovf { page, len } => self.map.overflow(page, len),
         }
@@ -164,6 +174,7 @@ impl<'a> Ctx<'a> {
     fn is_leaf(v: &View<'a>) -> bool {
         match v {
             View::P(p) => p.leaf,
+            View::B(..) => false,
             View::M(n) => matches!(n, Node::Leaf(_) | Node::Page(_)),
         }
     }
@@ -172,10 +183,11 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn count(v: &View<'a>) -> usize {
         match v {
-            View::P(p) => p.count,
+            View::P(p) | View::B(p, _) => p.count,
             View::M(Node::Leaf(l)) => l.entries.len(),
             View::M(Node::Branch(b)) => b.keys.len(),
             View::M(Node::Page(l)) => l.count(),
+            View::M(Node::BPage(b)) => b.count(),
             View::M(Node::Dead) => 0,
         }
     }
@@ -183,10 +195,12 @@ impl<'a> Ctx<'a> {
     #[inline]
     fn key(&self, v: &View<'a>, i: usize) -> StoreResult<&'a [u8]> {
         match v {
-            View::P(p) => self.map.resolve(p, p.key(i)?),
+            View::P(p) | View::B(p, _) => self.map.resolve(p, p.key(i)?),
             View::M(Node::Leaf(l)) => self.val(l.entries.get(i).ok_or_else(|| internal("leaf index"))?.0),
             View::M(Node::Branch(b)) => self.val(*b.keys.get(i).ok_or_else(|| internal("key index"))?),
-            View::M(Node::Page(_)) | View::M(Node::Dead) => Err(internal("read of a dead node")),
+            View::M(Node::Page(_)) | View::M(Node::BPage(_)) | View::M(Node::Dead) => {
+                Err(internal("read of a dead node"))
+            }
         }
     }
 
@@ -209,6 +223,7 @@ impl<'a> Ctx<'a> {
     fn child(&self, v: &View<'a>, i: usize) -> StoreResult<Child> {
         match v {
             View::P(p) => Ok(Child::Page(p.child(i)?)),
+            View::B(_, b) => buf_child(b, i),
             View::M(Node::Branch(b)) => b.children.get(i).copied().ok_or_else(|| internal("child index")),
             _ => Err(internal("child of a non-branch")),
         }
@@ -220,7 +235,7 @@ impl<'a> Ctx<'a> {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let k = match v {
-                View::P(p) => match p.inline_key(mid) {
+                View::P(p) | View::B(p, _) => match p.inline_key(mid) {
                     Some(k) => k,
                     None => self.key(v, mid)?,
                 },
@@ -351,13 +366,6 @@ fn too_deep(c: Child) -> StoreError {
     }
 }
 
-fn val_of(page: &NodePage<'_>, r: Ref) -> Val {
-    match r {
-        Ref::Inline { off, len } => Val::Map { off: page.id * PS + off as u64, len: len as u32 },
-        Ref::Ovf { page, len } => Val::Ovf { page, len },
-    }
-}
-
 fn push_arena(arena: &mut Vec<u8>, b: &[u8]) -> Val {
     let off = arena.len();
     arena.extend_from_slice(b);
@@ -443,35 +451,51 @@ impl TxnTrees {
         let node = if page.leaf {
             Node::Page(LeafBuf::from_page(&page, take_buf(&mut self.pool))?)
         } else {
-            let mut keys = Vec::with_capacity(page.count + 4);
-            let mut children = Vec::with_capacity(page.count + 5);
-            let mut size = 8;
-            children.push(Child::Page(page.child(0)?));
-            for i in 0..page.count {
-                let (k, c) = page.branch_cell(i)?;
-                size += branch_entry_len(k.len());
-                keys.push(val_of(&page, k));
-                children.push(Child::Page(c));
-            }
-            Node::Branch(Branch { keys, children, size })
+            Node::BPage(BranchBuf::from_page(&page, take_buf(&mut self.pool))?)
         };
         self.freed.push(pid);
         Ok(self.push_node(node))
     }
 
+    /// Number of children of dirty branch `n` (0 for anything else).
+    fn kid_count(&self, n: usize) -> usize {
+        match &self.nodes[n] {
+            Node::Branch(b) => b.children.len(),
+            Node::BPage(b) => b.count() + 1,
+            _ => 0,
+        }
+    }
+
+    /// Child `i` of dirty branch `n`.
+    fn kid(&self, n: usize, i: usize) -> StoreResult<Child> {
+        match &self.nodes[n] {
+            Node::Branch(b) => b.children.get(i).copied().ok_or_else(|| internal("child index")),
+            Node::BPage(b) if i <= b.count() => buf_child(b, i),
+            _ => Err(internal("child of a non-branch")),
+        }
+    }
+
+    fn set_kid(&mut self, n: usize, i: usize, c: Child) -> StoreResult<()> {
+        match &mut self.nodes[n] {
+            Node::Branch(b) => {
+                *b.children.get_mut(i).ok_or_else(|| internal("child index"))? = c;
+                Ok(())
+            }
+            Node::BPage(b) if i <= b.count() => match c {
+                Child::Page(p) => b.set_child(i, p, false),
+                Child::Node(x) => b.set_child(i, x as u64, true),
+            },
+            _ => Err(internal("child of a non-branch")),
+        }
+    }
+
     /// Makes child `i` of dirty branch `n` dirty; returns its node index.
     fn ensure_child(&mut self, n: usize, i: usize) -> StoreResult<usize> {
-        let c = match &self.nodes[n] {
-            Node::Branch(b) => *b.children.get(i).ok_or_else(|| internal("child index"))?,
-            _ => return Err(internal("ensure_child of a non-branch")),
-        };
-        match c {
+        match self.kid(n, i)? {
             Child::Node(x) => Ok(x),
             Child::Page(p) => {
                 let x = self.load(p)?;
-                if let Node::Branch(b) = &mut self.nodes[n] {
-                    b.children[i] = Child::Node(x);
-                }
+                self.set_kid(n, i, Child::Node(x))?;
                 Ok(x)
             }
         }
@@ -525,8 +549,24 @@ impl TxnTrees {
         }
     }
 
-    /// Turns a page-copy leaf into an entry list (inline bytes move to the arena).
+    /// Turns a page-copy node into an entry list (inline bytes move to the arena).
     fn make_entry_list(&mut self, n: usize) -> StoreResult<()> {
+        if let Node::BPage(bb) = &self.nodes[n] {
+            let page = bb.view();
+            let mut keys = Vec::with_capacity(page.count + 4);
+            let mut children = Vec::with_capacity(page.count + 5);
+            children.push(buf_child(bb, 0)?);
+            for i in 0..page.count {
+                keys.push(match page.key(i)? {
+                    Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
+                    Ref::Ovf { page, len } => Val::Ovf { page, len },
+                });
+                children.push(buf_child(bb, i + 1)?);
+            }
+            let size = bb.size();
+            self.nodes[n] = Node::Branch(Branch { keys, children, size });
+            return Ok(());
+        }
         let Node::Page(lb) = &self.nodes[n] else { return Ok(()) };
         let page = lb.view();
         let mut entries = Vec::with_capacity(page.count + 8);
@@ -642,6 +682,13 @@ impl TxnTrees {
             let right = self.push_node(right);
             match path.pop() {
                 Some((parent, ci)) => {
+                    if let Node::BPage(bb) = &mut self.nodes[parent] {
+                        let kb = Ctx { map: &self.map, nodes: &[], arena: &self.arena }.val(sep)?;
+                        if bb.insert(ci, kb, right as u64, true)? {
+                            return Ok(());
+                        }
+                        self.make_entry_list(parent)?;
+                    }
                     let Node::Branch(b) = &mut self.nodes[parent] else { return Err(internal("parent not a branch")) };
                     b.keys.insert(ci, sep);
                     b.children.insert(ci + 1, Child::Node(right));
@@ -700,7 +747,7 @@ impl TxnTrees {
                 b.size -= rsize - 8 + branch_entry_len(sep.len());
                 Ok((sep, Node::Branch(Branch { keys: rkeys, children: rchildren, size: rsize })))
             }
-            Node::Page(_) | Node::Dead => Err(internal("split of a page leaf or dead node")),
+            Node::Page(_) | Node::BPage(_) | Node::Dead => Err(internal("split of a page copy or dead node")),
         }
     }
 
@@ -721,6 +768,7 @@ impl TxnTrees {
             while let Some(Child::Node(r)) = self.roots[t] {
                 match &self.nodes[r] {
                     Node::Branch(b) if b.children.len() == 1 => self.roots[t] = Some(b.children[0]),
+                    Node::BPage(b) if b.count() == 0 => self.roots[t] = Some(buf_child(b, 0)?),
                     Node::Leaf(l) if l.entries.is_empty() => self.roots[t] = None,
                     Node::Page(l) if l.count() == 0 => self.roots[t] = None,
                     _ => break,
@@ -753,17 +801,21 @@ impl TxnTrees {
     }
 
     fn rebalance(&mut self, n: usize) -> StoreResult<()> {
-        let kids: Vec<usize> = match &self.nodes[n] {
-            Node::Branch(b) => b
-                .children
-                .iter()
-                .filter_map(|c| match c {
-                    Child::Node(i) => Some(*i),
-                    Child::Page(_) => None,
-                })
-                .collect(),
-            _ => return Ok(()),
-        };
+        let mut kids = Vec::new();
+        match &self.nodes[n] {
+            Node::BPage(b) => {
+                for &i in b.dirty() {
+                    kids.push(b.child(usize::from(i))? as usize);
+                }
+            }
+            _ => {
+                for i in 0..self.kid_count(n) {
+                    if let Child::Node(k) = self.kid(n, i)? {
+                        kids.push(k);
+                    }
+                }
+            }
+        }
         for k in kids {
             self.rebalance(k)?;
         }
@@ -774,14 +826,18 @@ impl TxnTrees {
     fn merge_children(&mut self, n: usize) -> StoreResult<()> {
         let mut i = 0;
         loop {
-            let (len, child) = match &self.nodes[n] {
-                Node::Branch(b) => (b.children.len(), b.children.get(i).copied()),
-                _ => return Ok(()),
-            };
-            let Some(child) = child else { return Ok(()) };
-            if len < 2 {
+            let len = self.kid_count(n);
+            if let Node::BPage(b) = &self.nodes[n] {
+                // Only dirty children can merge: skip to the next one.
+                match b.dirty().iter().find(|&&d| usize::from(d) >= i) {
+                    Some(&d) => i = usize::from(d),
+                    None => return Ok(()),
+                }
+            }
+            if len < 2 || i >= len {
                 return Ok(());
             }
+            let child = self.kid(n, i)?;
             let size = match child {
                 Child::Node(c) => self.nodes[c].size(),
                 Child::Page(_) => {
@@ -828,12 +884,24 @@ impl TxnTrees {
             let rn = self.ensure_child(n, l + 1)?;
             self.make_entry_list(ln)?;
             self.make_entry_list(rn)?;
-            let sep = {
-                let Node::Branch(b) = &mut self.nodes[n] else { return Err(internal("merge parent")) };
-                b.children.remove(l + 1);
-                let sep = b.keys.remove(l);
-                b.size -= branch_entry_len(sep.len());
-                sep
+            let sep = match &mut self.nodes[n] {
+                Node::Branch(b) => {
+                    b.children.remove(l + 1);
+                    let sep = b.keys.remove(l);
+                    b.size -= branch_entry_len(sep.len());
+                    sep
+                }
+                Node::BPage(bb) => {
+                    // Key `l` and child `l + 1` share cell `l`.
+                    let page = bb.view();
+                    let sep = match page.key(l)? {
+                        Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
+                        Ref::Ovf { page, len } => Val::Ovf { page, len },
+                    };
+                    bb.remove(l)?;
+                    sep
+                }
+                _ => return Err(internal("merge parent")),
             };
             let right = std::mem::replace(&mut self.nodes[rn], Node::Dead);
             let drop_sep = match (&mut self.nodes[ln], right) {
@@ -865,20 +933,22 @@ impl TxnTrees {
     /// down (an upper bound: the right node's first child, already in its
     /// size, moves into that entry).
     fn merged_extra(&self, n: usize, l: usize) -> StoreResult<usize> {
-        let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
-        let sep = b.keys.get(l).ok_or_else(|| internal("merge separator"))?;
-        let leaf = match b.children[l] {
-            Child::Node(c) => !matches!(self.nodes[c], Node::Branch(_)),
+        let sep_len = match &self.nodes[n] {
+            Node::Branch(b) => b.keys.get(l).ok_or_else(|| internal("merge separator"))?.len(),
+            Node::BPage(b) => b.view().key(l)?.len(),
+            _ => return Err(internal("merge parent")),
+        };
+        let leaf = match self.kid(n, l)? {
+            Child::Node(c) => !matches!(self.nodes[c], Node::Branch(_) | Node::BPage(_)),
             Child::Page(p) => self.map.node(p)?.leaf,
         };
-        Ok(if leaf { 0 } else { branch_entry_len(sep.len()) })
+        Ok(if leaf { 0 } else { branch_entry_len(sep_len) })
     }
 
     /// Size (page bytes, as [`Node::size`] counts them) of child `i` of
     /// branch `n`, read from its page when it is not dirty.
     fn child_size(&self, n: usize, i: usize) -> StoreResult<usize> {
-        let Node::Branch(b) = &self.nodes[n] else { return Err(internal("merge parent")) };
-        match *b.children.get(i).ok_or_else(|| internal("child index"))? {
+        match self.kid(n, i)? {
             Child::Node(c) => Ok(self.nodes[c].size()),
             Child::Page(p) => {
                 let page = self.map.node(p)?;
@@ -946,6 +1016,7 @@ impl TxnTrees {
                 }
                 Ok(())
             }
+            Node::BPage(bb) => self.spill_branch_page(bb, a, txid, out, pages, seps),
             Node::Branch(b) => {
                 let mut keys = Vec::with_capacity(b.keys.len() + 4);
                 let mut kids = Vec::with_capacity(b.children.len() + 4);
@@ -955,31 +1026,128 @@ impl TxnTrees {
                     }
                     self.spill(*ch, a, txid, out, &mut kids, &mut keys)?;
                 }
-                let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_len(k.len())).collect();
-                // A split before entry i (key i, child i + 1) moves key i up
-                // and starts the next part at child i + 1.
-                let mut starts: Vec<usize> =
-                    split_points(&sizes, 8, NODE_CAP).into_iter().map(|i| if i == 0 { 0 } else { i + 1 }).collect();
-                starts.push(kids.len());
-                let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
-                let mut enc = Vec::new();
-                for w in starts.windows(2) {
-                    let (s, e) = (w[0], w[1]); // children s..e, keys s..e-1
-                    if s > 0 {
-                        seps.push(keys[s - 1]);
-                    }
-                    enc.clear();
-                    for &k in &keys[s..e - 1] {
-                        let kb = ctx.val(k)?;
-                        enc.push(enc_part(k, kb, key_inline(kb.len()), a, txid, out));
-                    }
-                    let id = a.alloc(1);
-                    out.push((id, encode_branch_into(take_buf(&mut self.pool), id, txid, &enc, &kids[s..e])));
-                    pages.push(id);
-                }
-                Ok(())
+                self.encode_branch_parts(&keys, &kids, a, txid, out, pages, seps)
             }
         }
+    }
+
+    /// Spills the dirty children of a page-copy branch and patches their
+    /// new page ids into it; a child that spilled into several pages adds
+    /// its separators as cells. Written as one page when they fit, else
+    /// split through the entry-list encoder.
+    fn spill_branch_page(
+        &mut self,
+        mut bb: BranchBuf,
+        a: &mut dyn Alloc,
+        txid: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+        pages: &mut Vec<u64>,
+        seps: &mut Vec<Val>,
+    ) -> StoreResult<()> {
+        // Children that spilled into more than one page: (child index, index
+        // of its second page in `more`, of its first separator in `more_seps`).
+        let mut split: Vec<(usize, usize, usize)> = Vec::new();
+        let (mut more, mut more_seps) = (Vec::new(), Vec::new());
+        let mut need = 0;
+        let mut inline = true;
+        let dirty: Vec<usize> = bb.dirty().iter().map(|&d| usize::from(d)).collect();
+        for i in dirty {
+            let node = bb.child(i)? as usize;
+            let (p0, s0) = (more.len(), more_seps.len());
+            self.spill(Child::Node(node), a, txid, out, &mut more, &mut more_seps)?;
+            if more.len() <= p0 {
+                return Err(internal("a child spilled into no page"));
+            }
+            bb.set_child(i, more.remove(p0), false)?;
+            if more.len() > p0 {
+                split.push((i, p0, s0));
+                for s in &more_seps[s0..] {
+                    need += branch_entry_len(s.len());
+                    inline &= key_inline(s.len());
+                }
+            }
+        }
+        if split.is_empty() || (inline && need <= bb.room()) {
+            let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
+            // Back to front, so the child indices still to come stay valid.
+            for (w, &(i, p, s)) in split.iter().enumerate().rev() {
+                let (pe, se) = split.get(w + 1).map_or((more.len(), more_seps.len()), |&(_, p, s)| (p, s));
+                debug_assert_eq!(pe - p, se - s);
+                for j in (0..pe - p).rev() {
+                    if !bb.insert(i, ctx.val(more_seps[s + j])?, more[p + j], false)? {
+                        return Err(internal("separator did not fit a sized branch copy"));
+                    }
+                }
+            }
+            let id = a.alloc(1);
+            out.push((id, bb.into_page(id, txid)?));
+            pages.push(id);
+            return Ok(());
+        }
+        // Too many new separators for one page: encode the entry list.
+        let page = bb.view();
+        let (mut keys, mut kids) = (Vec::with_capacity(page.count + more_seps.len()), Vec::with_capacity(page.count + 1 + more.len()));
+        let mut next = split.iter().peekable();
+        for i in 0..=page.count {
+            if i > 0 {
+                keys.push(match page.key(i - 1)? {
+                    Ref::Inline { off, len } => push_arena(&mut self.arena, page.inline(off, len)?),
+                    Ref::Ovf { page, len } => Val::Ovf { page, len },
+                });
+            }
+            kids.push(bb.child(i)?);
+            if let Some(&&(ci, p, s)) = next.peek() {
+                if ci == i {
+                    next.next();
+                    let pe = next.peek().map_or(more.len(), |&&(_, p, _)| p);
+                    for j in 0..pe - p {
+                        keys.push(more_seps[s + j]);
+                        kids.push(more[p + j]);
+                    }
+                }
+            }
+        }
+        self.pool.push(bb.into_buf());
+        self.encode_branch_parts(&keys, &kids, a, txid, out, pages, seps)
+    }
+
+    /// Encodes a branch of `kids` (page ids) and `keys` (one fewer) into as
+    /// many pages as it needs; appends them to `pages` and the separators
+    /// between them to `seps`.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_branch_parts(
+        &mut self,
+        keys: &[Val],
+        kids: &[u64],
+        a: &mut dyn Alloc,
+        txid: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+        pages: &mut Vec<u64>,
+        seps: &mut Vec<Val>,
+    ) -> StoreResult<()> {
+        let sizes: Vec<usize> = keys.iter().map(|k| branch_entry_len(k.len())).collect();
+        // A split before entry i (key i, child i + 1) moves key i up
+        // and starts the next part at child i + 1.
+        let mut starts: Vec<usize> =
+            split_points(&sizes, 8, NODE_CAP).into_iter().map(|i| if i == 0 { 0 } else { i + 1 }).collect();
+        starts.push(kids.len());
+        let ctx = Ctx { map: &self.map, nodes: &[], arena: &self.arena };
+        let mut enc = Vec::new();
+        for w in starts.windows(2) {
+            let (s, e) = (w[0], w[1]); // children s..e, keys s..e-1
+            if s > 0 {
+                seps.push(keys[s - 1]);
+            }
+            enc.clear();
+            for &k in &keys[s..e - 1] {
+                let kb = ctx.val(k)?;
+                enc.push(enc_part(k, kb, key_inline(kb.len()), a, txid, out));
+            }
+            let id = a.alloc(1);
+            out.push((id, encode_branch_into(take_buf(&mut self.pool), id, txid, &enc, &kids[s..e])));
+            pages.push(id);
+        }
+        Ok(())
     }
 }
 
@@ -1000,6 +1168,6 @@ mod tests {
 
     #[test]
     fn page_constants_agree() {
-        assert_eq!(super::super::page::PAGE_SIZE as u64, PS);
+        assert_eq!(super::super::page::PAGE_SIZE as u64, super::super::page::PS);
     }
 }
