@@ -13,32 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ironcd_benches::btree_workload::{key, key_count, value, Rng};
 use ironcd_engine::btree::{Db, DbOptions};
 use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
 use redb::{ReadableDatabase, TableDefinition};
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
-const VALUE_LEN: usize = 100;
 const BUILD_BATCH: u64 = 20_000;
 
-fn key_count() -> u64 {
-    std::env::var("BTREE_BENCH_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000)
-}
 
-/// 16-byte keys; `i` is scrambled so inserts and lookups hit the whole tree.
-fn key(i: u64) -> [u8; 16] {
-    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&h.to_be_bytes());
-    k[8..].copy_from_slice(&i.to_be_bytes());
-    k
-}
 
-fn value(i: u64) -> [u8; VALUE_LEN] {
-    let mut v = [0x5Au8; VALUE_LEN];
-    v[..8].copy_from_slice(&i.to_le_bytes());
-    v
-}
 
 /// Runs `a` and `b` alternately `rounds` times (each timing `per` calls)
 /// and prints both medians per call: on a shared, noisy machine the ratio
@@ -66,15 +50,6 @@ fn paired(name: &str, rounds: usize, per: u32, mut a: impl FnMut(), mut b: impl 
     );
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 fn bench_dir() -> PathBuf {
     let base = std::env::var_os("IRONCD_BENCH_DIR")

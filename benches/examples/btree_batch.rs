@@ -9,35 +9,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ironcd_benches::btree_workload::{key, value, Rng};
 use ironcd_engine::btree::{Db, DbOptions};
 use ironcd_engine::kv::{Store, Tree, WriteView};
 use redb::TableDefinition;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
-fn key(i: u64) -> [u8; 16] {
-    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&h.to_be_bytes());
-    k[8..].copy_from_slice(&i.to_be_bytes());
-    k
-}
 
-fn value(i: u64) -> [u8; 100] {
-    let mut v = [0x5Au8; 100];
-    v[..8].copy_from_slice(&i.to_le_bytes());
-    v
-}
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// User + system CPU time of this process so far, in clock ticks (from
 /// `/proc/self/stat`; 0 where that is missing). Less disturbed than wall
@@ -59,7 +39,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let redb_mode = args.get(1).is_some_and(|a| a == "redb");
     let rounds: usize = args.iter().skip(1).find_map(|a| a.parse().ok()).unwrap_or(200);
-    let n: u64 = std::env::var("BTREE_BENCH_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = ironcd_benches::btree_workload::key_count();
     // `BTREE_BATCH_DIR` keeps the store between runs (built on first use),
     // so a profile of later runs shows only the batched writes.
     let keep = std::env::var_os("BTREE_BATCH_DIR").map(PathBuf::from);

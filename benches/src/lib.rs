@@ -74,3 +74,40 @@ pub fn bench_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create bench dir");
     dir
 }
+
+/// The B-tree workload shared by `benches/btree.rs` and
+/// `examples/btree_batch.rs`: 16-byte scrambled keys, 100-byte values.
+pub mod btree_workload {
+    pub const VALUE_LEN: usize = 100;
+
+    /// `BTREE_BENCH_KEYS`, default 1,000,000.
+    pub fn key_count() -> u64 {
+        std::env::var("BTREE_BENCH_KEYS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000)
+    }
+
+    /// 16-byte keys; `i` is scrambled so inserts and lookups hit the whole tree.
+    pub fn key(i: u64) -> [u8; 16] {
+        let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&h.to_be_bytes());
+        k[8..].copy_from_slice(&i.to_be_bytes());
+        k
+    }
+
+    pub fn value(i: u64) -> [u8; VALUE_LEN] {
+        let mut v = [0x5Au8; VALUE_LEN];
+        v[..8].copy_from_slice(&i.to_le_bytes());
+        v
+    }
+
+    /// xorshift64: cheap, deterministic key choice.
+    pub struct Rng(pub u64);
+    impl Rng {
+        pub fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+}

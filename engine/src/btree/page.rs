@@ -553,22 +553,11 @@ impl LeafBuf {
 
     /// Repacks the live cells at the end of the page.
     fn compact(&mut self) -> StoreResult<()> {
-        let mut out = vec![0u8; PAGE_SIZE];
-        out[..HEADER_LEN].copy_from_slice(&self.buf[..HEADER_LEN]);
-        let mut at = PAGE_SIZE;
-        for i in 0..self.count {
-            let view = self.view();
-            let off = view.cell(i)?;
+        let view = self.view();
+        let (out, at) = packed(&self.buf, view.id, HEADER_LEN, self.count, |i| {
             let (k, v) = view.leaf_entry(i)?;
-            let len = leaf_entry_len(k.len(), v.len()) - 2;
-            let cell = self.buf.get(off..off + len).ok_or_else(|| corrupt(view.id, "cell out of bounds"))?;
-            if at < HEADER_LEN + 2 * self.count + len {
-                return Err(corrupt(view.id, "cells overlap"));
-            }
-            at -= len;
-            out[at..at + len].copy_from_slice(cell);
-            out[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
-        }
+            Ok((view.cell(i)?, leaf_entry_len(k.len(), v.len()) - 2))
+        })?;
         self.buf = out;
         self.cell_lo = at;
         self.garbage = 0;
@@ -756,21 +745,10 @@ impl BranchBuf {
 
     /// Repacks the live cells at the end of the page.
     fn compact(&mut self) -> StoreResult<()> {
-        let mut out = vec![0u8; PAGE_SIZE];
-        out[..BRANCH_SLOTS].copy_from_slice(&self.buf[..BRANCH_SLOTS]);
-        let mut at = PAGE_SIZE;
-        for i in 0..self.count {
-            let view = self.view();
-            let off = view.cell(i)?;
-            let len = branch_entry_len(view.key(i)?.len()) - 2;
-            let cell = self.buf.get(off..off + len).ok_or_else(|| corrupt(view.id, "cell out of bounds"))?;
-            if at < BRANCH_SLOTS + 2 * self.count + len {
-                return Err(corrupt(view.id, "cells overlap"));
-            }
-            at -= len;
-            out[at..at + len].copy_from_slice(cell);
-            out[BRANCH_SLOTS + 2 * i..BRANCH_SLOTS + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
-        }
+        let view = self.view();
+        let (out, at) = packed(&self.buf, view.id, BRANCH_SLOTS, self.count, |i| {
+            Ok((view.cell(i)?, branch_entry_len(view.key(i)?.len()) - 2))
+        })?;
         self.buf = out;
         self.cell_lo = at;
         self.garbage = 0;
@@ -973,6 +951,33 @@ pub(crate) fn decode_meta(buf: &[u8]) -> Result<Meta, MetaError> {
         return Err(bad("a root or freelist page lies outside the used pages"));
     }
     Ok(m)
+}
+
+/// A fresh page holding `buf`'s first `slots` bytes (header, and for a
+/// branch its first child) and its `count` cells packed at the end in slot
+/// order; `cell(i)` gives cell `i`'s offset and length. Returns the page and
+/// its lowest cell offset. Used to drop the gaps removed cells left.
+fn packed(
+    buf: &[u8],
+    id: u64,
+    slots: usize,
+    count: usize,
+    cell: impl Fn(usize) -> StoreResult<(usize, usize)>,
+) -> StoreResult<(Vec<u8>, usize)> {
+    let mut out = vec![0u8; PAGE_SIZE];
+    out[..slots].copy_from_slice(&buf[..slots]);
+    let mut at = PAGE_SIZE;
+    for i in 0..count {
+        let (off, len) = cell(i)?;
+        let bytes = buf.get(off..off + len).ok_or_else(|| corrupt(id, "cell out of bounds"))?;
+        if at < slots + 2 * count + len {
+            return Err(corrupt(id, "cells overlap"));
+        }
+        at -= len;
+        out[at..at + len].copy_from_slice(bytes);
+        out[slots + 2 * i..slots + 2 * i + 2].copy_from_slice(&(at as u16).to_le_bytes());
+    }
+    Ok((out, at))
 }
 
 #[cfg(test)]
