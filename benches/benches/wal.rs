@@ -11,47 +11,59 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use glommio::io::{DmaFile, OpenOptions};
 use ironcd_benches::{bench_dir, Driver};
-use ironcd_engine::wal::{Wal, WalOptions};
+use ironcd_engine::wal::{decline_poll_ring, Wal, WalOptions};
 
 const ENTRY: usize = 300;
 const FILE: u64 = 64 << 20;
 
-/// The floor: one 4 KiB O_DIRECT write + fdatasync into a preallocated,
-/// zero-filled file, through the same io_uring stack.
+/// The floors: one 4 KiB O_DIRECT write into a preallocated, zero-filled
+/// file made durable (a) by an `fdatasync` after it, (b) by `O_DSYNC` (the
+/// WAL's way), through the same io_uring stack and ring as the WAL (the
+/// interrupt-driven main ring: see `decline_poll_ring`).
 fn raw_floor(c: &mut Criterion) {
-    let driver = Driver::start(
-        || {
-            Box::pin(async {
-                let path = bench_dir("raw").join("floor");
-                let f = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
-                f.pre_allocate(FILE, false).await.unwrap();
-                let mut at = 0;
-                while at < FILE {
-                    let mut b = f.alloc_dma_buffer(1 << 20);
-                    b.as_bytes_mut().fill(0);
-                    f.write_at(b, at).await.unwrap();
-                    at += 1 << 20;
-                }
-                f.fdatasync().await.unwrap();
-                (f, Cell::new(0u64))
-            })
-        },
-        |st: Rc<(DmaFile, Cell<u64>)>, iters| {
-            Box::pin(async move {
-                let (f, pos) = &*st;
-                let t = Instant::now();
-                for _ in 0..iters {
-                    let mut b = f.alloc_dma_buffer(4096);
-                    b.as_bytes_mut().fill(7);
-                    f.write_at(b, pos.get()).await.unwrap();
+    for dsync in [false, true] {
+        let driver = Driver::start(
+            move || {
+                Box::pin(async move {
+                    let dir = bench_dir(if dsync { "raw-dsync" } else { "raw" });
+                    decline_poll_ring(&dir).await;
+                    let path = dir.join("floor");
+                    let f = OpenOptions::new().read(true).write(true).create(true).dma_open(&path).await.unwrap();
+                    f.pre_allocate(FILE, false).await.unwrap();
+                    let mut at = 0;
+                    while at < FILE {
+                        let mut b = f.alloc_dma_buffer(1 << 20);
+                        b.as_bytes_mut().fill(0);
+                        f.write_at(b, at).await.unwrap();
+                        at += 1 << 20;
+                    }
                     f.fdatasync().await.unwrap();
-                    pos.set((pos.get() + 4096) % FILE);
-                }
-                t.elapsed()
-            })
-        },
-    );
-    c.bench_function("disk_floor_4k_write_fdatasync", |b| b.iter_custom(|n| driver.measure(n)));
+                    f.close().await.unwrap();
+                    let flags = if dsync { libc::O_DSYNC } else { 0 };
+                    let f = OpenOptions::new().read(true).write(true).custom_flags(flags).dma_open(&path).await.unwrap();
+                    (f, Cell::new(0u64))
+                })
+            },
+            move |st: Rc<(DmaFile, Cell<u64>)>, iters| {
+                Box::pin(async move {
+                    let (f, pos) = &*st;
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        let mut b = f.alloc_dma_buffer(4096);
+                        b.as_bytes_mut().fill(7);
+                        f.write_at(b, pos.get()).await.unwrap();
+                        if !dsync {
+                            f.fdatasync().await.unwrap();
+                        }
+                        pos.set((pos.get() + 4096) % FILE);
+                    }
+                    t.elapsed()
+                })
+            },
+        );
+        let name = if dsync { "disk_floor_4k_write_o_dsync" } else { "disk_floor_4k_write_fdatasync" };
+        c.bench_function(name, |b| b.iter_custom(|n| driver.measure(n)));
+    }
 }
 
 struct Log {

@@ -150,7 +150,7 @@ pub const POLL_PROBE_NAME: &str = ".iopoll-probe";
 /// the failed probe at error level under `glommio::reactor`; the server
 /// filters that target out. `wal::tests::dma_writes_use_the_main_ring`
 /// checks the outcome, so a glommio upgrade that changes it is noticed.
-async fn decline_poll_ring(dir: &Path) {
+pub async fn decline_poll_ring(dir: &Path) {
     if POLL_RING_DECLINED.with(|d| d.replace(true)) {
         return;
     }

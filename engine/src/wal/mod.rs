@@ -45,7 +45,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 
 pub use self::format::BLOCK;
-pub use self::io::{DmaIo, DmaIoFile, WalFile, WalIo, POLL_PROBE_NAME};
+pub use self::io::{decline_poll_ring, DmaIo, DmaIoFile, WalFile, WalIo, POLL_PROBE_NAME};
 pub use self::sim::{SimFile, SimIo, SimStats};
 
 use self::state::LogState;
