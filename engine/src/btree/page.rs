@@ -237,6 +237,9 @@ impl<'a> NodePage<'a> {
         if off < self.slots_off() + 2 * self.count {
             return Err(corrupt(self.id, format_args!("cell {i} overlaps the slot array")));
         }
+        if off >= PAGE_SIZE {
+            return Err(corrupt(self.id, format_args!("cell {i} starts past the end of the page")));
+        }
         Ok(off)
     }
 
@@ -1109,6 +1112,22 @@ mod tests {
         // Packed: a copy of the written page is sized exactly.
         let again = BranchBuf::from_page(&p, Vec::new()).unwrap();
         assert_eq!(again.size(), 8 + (0..p.count).map(|i| branch_entry_len(p.key(i).unwrap().len())).sum::<usize>());
+    }
+
+    /// A sealed page (valid checksum) whose slot points past the page end:
+    /// copies for a write are refused with an error, never a panic.
+    #[test]
+    fn a_slot_past_the_page_end_is_corrupt() {
+        let mut leaf = encode_leaf(9, 1, &[(EncRef::Inline(b"a"), EncRef::Inline(b"1"))]);
+        leaf[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&5000u16.to_le_bytes());
+        seal(&mut leaf);
+        let p = NodePage::parse(9, &leaf).unwrap();
+        assert!(matches!(LeafBuf::from_page(&p, Vec::new()), Err(StoreError::Corrupt(_))));
+        let mut branch = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
+        branch[HEADER_LEN + 8..HEADER_LEN + 10].copy_from_slice(&4096u16.to_le_bytes());
+        seal(&mut branch);
+        let p = NodePage::parse(5, &branch).unwrap();
+        assert!(matches!(BranchBuf::from_page(&p, Vec::new()), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(crate) struct Mapped {
 }
 
 // SAFETY: the raw pointer is just a cached `map.as_ptr()`; PageMap is
-// Send + Sync and the memory stays valid while `_map` lives.
+// Send + Sync and the memory stays valid while `map` lives.
 unsafe impl Send for Mapped {}
 unsafe impl Sync for Mapped {}
 

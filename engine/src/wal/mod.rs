@@ -280,6 +280,9 @@ impl<I: WalIo> Wal<I> {
         check_meta(&committed)?;
         self.check_open()?;
         self.inner.state.borrow_mut().committed = Some(committed.clone());
+        // Newer than any id `set_committed` kept aside: that one must not be
+        // written after this.
+        self.inner.queue.borrow_mut().lazy_committed = None;
         self.submit(vec![Rec::Committed(committed)]).await
     }
 
@@ -398,10 +401,6 @@ impl<I: WalIo> Wal<I> {
         }
         let last = recs.len() - 1;
         let mut q = self.inner.queue.borrow_mut();
-        if recs.iter().any(|r| matches!(r, Rec::Committed(_))) {
-            // Newer than any lazy one: that must not be written after it.
-            q.lazy_committed = None;
-        }
         let mut done = Some(done);
         for (i, rec) in recs.into_iter().enumerate() {
             q.items.push_back(Item { rec, done: if i == last { done.take() } else { None } });
