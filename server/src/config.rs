@@ -138,9 +138,16 @@ pub struct Config {
           value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
 
-    /// Number of executor threads (cores) to run; 0 = one per available core.
-    #[arg(long = "ironcd-cores", env = "IRONCD_CORES", default_value_t = 1)]
+    /// Executor threads to run: the raft core plus client executors that
+    /// serve connections and forward each call to it; 0 = one per available
+    /// core.
+    #[arg(long = "ironcd-cores", env = "IRONCD_CORES", default_value_t = 0)]
     pub cores: usize,
+
+    /// Client connections the raft core serves itself (a lone client never
+    /// pays a hop between threads); further ones go to client executors.
+    #[arg(long = "ironcd-raft-core-conns", env = "IRONCD_RAFT_CORE_CONNS", default_value_t = 1)]
+    pub raft_core_conns: usize,
 
     /// Pin each executor to its own CPU.
     #[arg(

@@ -303,21 +303,63 @@ fn run(cfg: Config) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+    // Client executors first: the raft core hands them connections once it
+    // serves clients. They run until the raft core is gone; the process
+    // ends with it.
+    let cores = match cfg.cores {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let placement = |i: usize| if cfg.pin_cores { Placement::Fixed(i) } else { Placement::Unbound };
+    let (jobs_tx, jobs_rx) = futures_channel::mpsc::unbounded();
+    let learner = Arc::new(AtomicBool::new(false));
+    let mut handoff = Vec::new();
+    for i in 1..cores {
+        let (conn_tx, conn_rx) = futures_channel::mpsc::unbounded();
+        let remote = v3rpc::remote::Remote::new(jobs_tx.clone());
+        let learner = learner.clone();
+        let max_request_bytes = cfg.max_request_bytes;
+        LocalExecutorBuilder::new(placement(i))
+            .name(&format!("ironcd-client-{i}"))
+            .spawn(move || async move {
+                let routes = v3rpc::LearnerGuard {
+                    routes: v3rpc::remote_routes(remote, max_request_bytes),
+                    learner,
+                };
+                transport::serve_handed(conn_rx, routes).await
+            })
+            .map_err(|e| format!("starting client executor {i}: {e}"))?;
+        handoff.push(conn_tx);
+    }
+    drop(jobs_tx);
+    let clients = ClientSide { jobs: jobs_rx, handoff, learner };
+    let ex = LocalExecutorBuilder::new(placement(0))
         .name("ironcd-raft-core")
         .spawn(move || async move {
-            serve_member(cfg, id, data_dir, listeners, peer_listeners, stop, auto_compaction).await
+            serve_member(cfg, id, data_dir, listeners, peer_listeners, clients, stop, auto_compaction).await
         })
         .map_err(|e| format!("starting executor: {e}"))?;
     ex.join().map_err(|e| format!("executor failed: {e}"))?
 }
 
+/// What the raft core needs to work with the client executors.
+struct ClientSide {
+    /// Calls forwarded by client executors.
+    jobs: futures_channel::mpsc::UnboundedReceiver<v3rpc::remote::Job>,
+    /// One sender of connections per client executor.
+    handoff: Vec<futures_channel::mpsc::UnboundedSender<std::net::TcpStream>>,
+    /// Whether this member is a learner, for every executor's router.
+    learner: Arc<AtomicBool>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_member(
     cfg: Config,
     id: Identity,
     data_dir: PathBuf,
     listeners: Vec<(String, std::net::TcpListener)>,
     peer_listeners: Vec<(String, std::net::TcpListener)>,
+    clients: ClientSide,
     stop: Arc<AtomicBool>,
     auto_compaction: auto_compact::Policy,
 ) -> Result<(), String> {
@@ -489,14 +531,21 @@ async fn serve_member(
             }
         }
     }
-    let learner = Arc::new(AtomicBool::new(srv.is_learner()));
-    let routes = v3rpc::LearnerGuard { routes: v3rpc::routes(srv.clone(), hub.clone()), learner: learner.clone() };
+    let learner = clients.learner;
+    learner.store(srv.is_learner(), Ordering::Relaxed);
+    let local = v3rpc::local_services(srv.clone(), hub.clone());
+    glommio::spawn_local(v3rpc::remote::run_jobs(local.clone(), clients.jobs)).detach();
+    let routes = v3rpc::LearnerGuard {
+        routes: v3rpc::routes(&local, srv.cfg.max_request_bytes),
+        learner: learner.clone(),
+    };
+    let handoff = Rc::new(transport::Handoff::new(srv.cfg.raft_core_conns, clients.handoff));
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");
         let l = transport::into_glommio(l);
-        let routes = routes.clone();
+        let (routes, handoff) = (routes.clone(), handoff.clone());
         glommio::spawn_local(async move {
-            if let Err(e) = transport::serve(l, routes).await {
+            if let Err(e) = transport::serve(l, routes, handoff).await {
                 tracing::error!(error = %e, "client listener failed");
             }
         })

@@ -6,11 +6,15 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::cell::Cell;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use futures_channel::mpsc;
 use futures_lite::{AsyncBufRead, AsyncWrite};
+use futures_util::StreamExt;
 use glommio::net::{Preallocated, TcpListener, TcpStream};
 
 /// A glommio TCP stream seen through hyper's I/O traits. Reads go through
@@ -116,9 +120,55 @@ pub fn into_glommio(listener: StdListener) -> TcpListener {
     unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
 }
 
-/// Accepts connections forever, serving each with `routes` (gRPC over
-/// HTTP/2, HTTP/1.1 for the rest) on the current executor.
-pub async fn serve(listener: TcpListener, routes: crate::v3rpc::LearnerGuard) -> io::Result<()> {
+/// Where the raft core's accept loop puts connections: it serves up to
+/// `keep` of them itself (a lone client then never pays a hop between
+/// executors) and hands the others to the client executors in turn
+/// (`docs/server.md`, "Threading").
+pub struct Handoff {
+    keep: usize,
+    local: Cell<usize>,
+    executors: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    next: Cell<usize>,
+}
+
+impl Handoff {
+    pub fn new(keep: usize, executors: Vec<mpsc::UnboundedSender<std::net::TcpStream>>) -> Handoff {
+        Handoff { keep, local: Cell::new(0), executors, next: Cell::new(0) }
+    }
+
+    /// Hands `stream` to a client executor, or gives it back to be served
+    /// here.
+    fn place(&self, stream: TcpStream) -> Option<TcpStream> {
+        if self.local.get() < self.keep || self.executors.is_empty() {
+            return Some(stream);
+        }
+        // SAFETY: the fd is open for as long as `stream` lives, and the
+        // borrow ends before it is dropped.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let owned = match fd.try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a client executor; serving it here");
+                return Some(stream);
+            }
+        };
+        let i = self.next.get() % self.executors.len();
+        self.next.set(i + 1);
+        match self.executors[i].unbounded_send(std::net::TcpStream::from(owned)) {
+            // Our copy of the fd closes here; the client executor's stays.
+            Ok(()) => None,
+            Err(_) => Some(stream),
+        }
+    }
+}
+
+/// Accepts connections forever; each is served with `routes` here or handed
+/// to a client executor by `handoff`.
+pub async fn serve(
+    listener: TcpListener,
+    routes: crate::v3rpc::LearnerGuard,
+    handoff: Rc<Handoff>,
+) -> io::Result<()> {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -129,13 +179,35 @@ pub async fn serve(listener: TcpListener, routes: crate::v3rpc::LearnerGuard) ->
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(routes.clone());
+        let Some(stream) = handoff.place(stream) else { continue };
+        handoff.local.set(handoff.local.get() + 1);
+        let (routes, handoff) = (routes.clone(), handoff.clone());
         glommio::spawn_local(async move {
-            let conn = hyper_util::server::conn::auto::Builder::new(LocalExec);
-            if let Err(e) = conn.serve_connection(HyperIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "client connection ended");
-            }
+            serve_connection(stream, routes).await;
+            handoff.local.set(handoff.local.get() - 1);
         })
         .detach();
+    }
+}
+
+/// A client executor's loop: serves each connection the raft core hands
+/// it, until the raft core is gone.
+pub async fn serve_handed(
+    mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    routes: crate::v3rpc::LearnerGuard,
+) {
+    while let Some(s) = conns.next().await {
+        // SAFETY: the fd comes from an owned std stream that gives it up.
+        let stream = unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) };
+        glommio::spawn_local(serve_connection(stream, routes.clone())).detach();
+    }
+}
+
+/// One client connection: gRPC over HTTP/2, HTTP/1.1 for the rest.
+async fn serve_connection(stream: TcpStream, routes: crate::v3rpc::LearnerGuard) {
+    let svc = hyper_util::service::TowerToHyperService::new(routes);
+    let conn = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    if let Err(e) = conn.serve_connection(HyperIo::new(stream), svc).await {
+        tracing::debug!(error = %e, "client connection ended");
     }
 }

@@ -92,10 +92,21 @@ pub struct Server {
     started_once: bool,
 }
 
+/// ironcd's flags for [`Server::ironcd_forwarding`].
+pub const FORWARDING: &[&str] = &["--ironcd-cores", "2", "--ironcd-raft-core-conns", "0"];
+
 impl Server {
     /// Starts a single-member ironcd with its data in `dir`.
     pub fn ironcd(dir: &Path) -> Server {
         Server::start(Kind::Ironcd, dir, &[])
+    }
+
+    /// Starts a single-member ironcd that serves every client connection on
+    /// a client executor, so each call crosses to the raft core
+    /// (`docs/server.md`, "Threading"): the differential tests use it, the
+    /// others the default (a lone connection stays on the raft core).
+    pub fn ironcd_forwarding(dir: &Path) -> Server {
+        Server::start(Kind::Ironcd, dir, FORWARDING)
     }
 
     /// Starts a single-member real etcd (Debian's etcd-server) with its data in `dir`.

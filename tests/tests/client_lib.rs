@@ -123,7 +123,7 @@ async fn scenario(endpoint: String) -> Vec<String> {
 fn kv_through_etcd_client_matches_etcd() {
     let dir = Scratch::new("client-lib");
     let etcd = Server::etcd(dir.path());
-    let ironcd = Server::ironcd(dir.path());
+    let ironcd = Server::ironcd_forwarding(dir.path());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let want = rt.block_on(scenario(etcd.endpoint()));
     let got = rt.block_on(scenario(ironcd.endpoint()));

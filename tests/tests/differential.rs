@@ -54,7 +54,7 @@ fn run(server: &Server, steps: &[Step]) -> Vec<String> {
 fn compare(steps: &[Step]) {
     let dir = Scratch::new("differential");
     let etcd = Server::etcd(dir.path());
-    let ironcd = Server::ironcd(dir.path());
+    let ironcd = Server::ironcd_forwarding(dir.path());
     let want = run(&etcd, steps);
     let got = run(&ironcd, steps);
     let mut diffs = Vec::new();

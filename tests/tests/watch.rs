@@ -198,7 +198,7 @@ fn etcdctl_watch_matches_etcd() {
     let etcd = Server::etcd(dir.path());
     let (want, counts) = etcdctl_session(&etcd, None);
     drop(etcd);
-    let ironcd = Server::ironcd(dir.path());
+    let ironcd = Server::ironcd_forwarding(dir.path());
     let (got, _) = etcdctl_session(&ironcd, Some(&counts));
     assert!(counts.iter().all(|&n| n > 0), "etcd printed nothing for some watch: {want:?}");
     let mut diffs = Vec::new();
@@ -351,7 +351,7 @@ fn grpc_watch_matches_etcd() {
     setup();
     let dir = Scratch::new("watch-grpc");
     let etcd = Server::etcd(dir.path());
-    let ironcd = Server::ironcd(dir.path());
+    let ironcd = Server::ironcd_forwarding(dir.path());
     let rt = rt();
     let want = rt.block_on(grpc_session(&etcd));
     let got = rt.block_on(grpc_session(&ironcd));

@@ -1,11 +1,13 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc` package). RPCs not built yet
 //! answer `Unimplemented` (tonic's generated default), never a wrong answer:
-//! Auth, Lock and Election entirely; see each service.
+//! Auth, Lock and Election entirely; see each service. Connections on client
+//! executors forward every call to the raft core ([`remote`]).
 
 mod cluster_service;
 mod kv_service;
 mod lease_service;
 mod maintenance_service;
+pub mod remote;
 mod watch_service;
 
 use std::convert::Infallible;
@@ -20,11 +22,11 @@ use tonic::service::Routes;
 
 use crate::etcd_server::EtcdServer;
 use crate::pb::etcdserverpb::auth_server::{Auth, AuthServer};
-use crate::pb::etcdserverpb::cluster_server::ClusterServer;
-use crate::pb::etcdserverpb::kv_server::KvServer;
-use crate::pb::etcdserverpb::lease_server::LeaseServer;
-use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
-use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use crate::pb::etcdserverpb::kv_server::{Kv, KvServer};
+use crate::pb::etcdserverpb::lease_server::{Lease, LeaseServer};
+use crate::pb::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use crate::pb::etcdserverpb::watch_server::{Watch, WatchServer};
 use crate::pb::v3electionpb::election_server::{Election, ElectionServer};
 use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
 use crate::watch::WatchHub;
@@ -52,24 +54,47 @@ pub const GRPC_OVERHEAD: usize = 512 * 1024;
 /// with grpc-go's own code and text (`EtcdServer::check_size`).
 const KV_DECODE_LIMIT: usize = 64 << 20;
 
-/// Every etcd v3 service on one router, for the executor that owns `srv`.
-pub fn routes(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> Routes {
-    let max = srv.cfg.max_request_bytes as usize + GRPC_OVERHEAD;
-    Routes::new(
-        KvServer::new(KvService::new(srv.clone()))
-            .max_decoding_message_size(KV_DECODE_LIMIT.max(max)),
-    )
-    .add_service(
-        WatchServer::new(WatchService::new(srv.clone(), watch_hub)).max_decoding_message_size(max),
-    )
-    .add_service(LeaseServer::new(LeaseService::new(srv.clone())))
-    .add_service(ClusterServer::new(ClusterService::new(srv.clone())))
-    .add_service(
-        MaintenanceServer::new(MaintenanceService::new(srv)).max_encoding_message_size(usize::MAX),
-    )
-    .add_service(AuthServer::new(NotYet))
-    .add_service(LockServer::new(NotYet))
-    .add_service(ElectionServer::new(NotYet))
+/// The services that run on the raft core, for its own connections and for
+/// the calls client executors forward ([`remote`]).
+pub fn local_services(srv: Rc<EtcdServer>, watch_hub: Rc<WatchHub>) -> remote::Local {
+    remote::Local {
+        kv: KvService::new(srv.clone()),
+        watch: WatchService::new(srv.clone(), watch_hub),
+        lease: LeaseService::new(srv.clone()),
+        cluster: ClusterService::new(srv.clone()),
+        maintenance: MaintenanceService::new(srv),
+    }
+}
+
+/// Every etcd v3 service on one router, for connections on the raft core.
+pub fn routes(local: &remote::Local, max_request_bytes: u32) -> Routes {
+    let l = local.clone();
+    router(max_request_bytes, l.kv, l.watch, l.lease, l.cluster, l.maintenance)
+}
+
+/// Every etcd v3 service on one router, for connections on a client
+/// executor: each call runs on the raft core ([`remote`]).
+pub fn remote_routes(remote: remote::Remote, max_request_bytes: u32) -> Routes {
+    router(max_request_bytes, remote.clone(), remote.clone(), remote.clone(), remote.clone(), remote)
+}
+
+fn router<K: Kv, W: Watch, L: Lease, C: Cluster, M: Maintenance>(
+    max_request_bytes: u32,
+    kv: K,
+    watch: W,
+    lease: L,
+    cluster: C,
+    maintenance: M,
+) -> Routes {
+    let max = max_request_bytes as usize + GRPC_OVERHEAD;
+    Routes::new(KvServer::new(kv).max_decoding_message_size(KV_DECODE_LIMIT.max(max)))
+        .add_service(WatchServer::new(watch).max_decoding_message_size(max))
+        .add_service(LeaseServer::new(lease))
+        .add_service(ClusterServer::new(cluster))
+        .add_service(MaintenanceServer::new(maintenance).max_encoding_message_size(usize::MAX))
+        .add_service(AuthServer::new(NotYet))
+        .add_service(LockServer::new(NotYet))
+        .add_service(ElectionServer::new(NotYet))
 }
 
 /// etcd 3.4's answer to a learner asked for anything but `Status` or a
