@@ -30,6 +30,12 @@ use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::peer_service::{self, PeerMsg};
 use crate::state_machine::{Applied, StateMachine, Waiters};
 
+/// Whether a call asks, with etcd's `hasleader` metadata, to fail fast when
+/// the member has no leader.
+pub fn wants_leader(md: &MetadataMap) -> bool {
+    md.get("hasleader").is_some_and(|v| v == "true")
+}
+
 pub type MemberRaft = Raft<StateMachine>;
 
 /// Keys a compaction step removes at most (bounds the pause it causes).
@@ -179,7 +185,12 @@ impl EtcdServer {
 
     /// etcd's `hasleader` metadata: fail fast when the member has no leader.
     pub fn check_has_leader(&self, md: &MetadataMap) -> Result<(), Status> {
-        if md.get("hasleader").is_some_and(|v| v == "true") && self.leader().is_none() {
+        self.check_leader(wants_leader(md))
+    }
+
+    /// [`EtcdServer::check_has_leader`] with the metadata already read.
+    pub fn check_leader(&self, wanted: bool) -> Result<(), Status> {
+        if wanted && self.leader().is_none() {
             return Err(error::no_leader());
         }
         Ok(())

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::error;
-use crate::etcd_server::EtcdServer;
+use crate::etcd_server::{wants_leader, EtcdServer};
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::ironcdpb::raft_request::Request as Req;
@@ -25,6 +25,11 @@ impl KvService {
         KvService {
             srv: SendWrapper::new(srv),
         }
+    }
+
+    /// The server behind the service (on the raft core only).
+    pub(super) fn server(&self) -> &Rc<EtcdServer> {
+        &self.srv
     }
 }
 
@@ -45,12 +50,12 @@ fn unexpected(a: Applied) -> Status {
 }
 
 impl EtcdServer {
-    async fn range(
+    pub(super) async fn range(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        wants_leader: bool,
         r: pb::RangeRequest,
     ) -> Result<pb::RangeResponse, Status> {
-        self.check_has_leader(md)?;
+        self.check_leader(wants_leader)?;
         self.check_size(r.encoded_len())?;
         let r = convert::range_req(r)?;
         validate::check_range_request(&r).map_err(error::mvcc)?;
@@ -64,12 +69,12 @@ impl EtcdServer {
         Ok(convert::range_resp(resp, &self.header_info()))
     }
 
-    async fn put(
+    pub(super) async fn put(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        wants_leader: bool,
         r: pb::PutRequest,
     ) -> Result<pb::PutResponse, Status> {
-        self.check_has_leader(md)?;
+        self.check_leader(wants_leader)?;
         self.check_size(r.encoded_len())?;
         let r = convert::put_req(r);
         validate::check_put_request(&r).map_err(error::mvcc)?;
@@ -83,12 +88,12 @@ impl EtcdServer {
         }
     }
 
-    async fn delete_range(
+    pub(super) async fn delete_range(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        wants_leader: bool,
         r: pb::DeleteRangeRequest,
     ) -> Result<pb::DeleteRangeResponse, Status> {
-        self.check_has_leader(md)?;
+        self.check_leader(wants_leader)?;
         self.check_size(r.encoded_len())?;
         let r = convert::delete_req(r);
         validate::check_delete_request(&r).map_err(error::mvcc)?;
@@ -104,12 +109,12 @@ impl EtcdServer {
         }
     }
 
-    async fn txn(
+    pub(super) async fn txn(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        wants_leader: bool,
         r: pb::TxnRequest,
     ) -> Result<pb::TxnResponse, Status> {
-        self.check_has_leader(md)?;
+        self.check_leader(wants_leader)?;
         self.check_size(r.encoded_len())?;
         let t = convert::txn_req(r.clone())?;
         validate::check_txn_request(&t, self.cfg.max_txn_ops as usize).map_err(error::mvcc)?;
@@ -125,12 +130,12 @@ impl EtcdServer {
         }
     }
 
-    async fn compact(
+    pub(super) async fn compact(
         &self,
-        md: &tonic::metadata::MetadataMap,
+        wants_leader: bool,
         r: pb::CompactionRequest,
     ) -> Result<pb::CompactionResponse, Status> {
-        self.check_has_leader(md)?;
+        self.check_leader(wants_leader)?;
         let physical = r.physical;
         let resp = match self.propose(Req::Compaction(r)).await? {
             Applied::Compaction(res) => res.map_err(error::mvcc)?,
@@ -152,7 +157,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.range(&md, r).await.map(Response::new)
+            srv.range(wants_leader(&md), r).await.map(Response::new)
         })
         .await
     }
@@ -161,7 +166,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.put(&md, r).await.map(Response::new)
+            srv.put(wants_leader(&md), r).await.map(Response::new)
         })
         .await
     }
@@ -173,7 +178,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.delete_range(&md, r).await.map(Response::new)
+            srv.delete_range(wants_leader(&md), r).await.map(Response::new)
         })
         .await
     }
@@ -182,7 +187,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.txn(&md, r).await.map(Response::new)
+            srv.txn(wants_leader(&md), r).await.map(Response::new)
         })
         .await
     }
@@ -194,7 +199,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.compact(&md, r).await.map(Response::new)
+            srv.compact(wants_leader(&md), r).await.map(Response::new)
         })
         .await
     }

@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 
 use futures_channel::{mpsc, oneshot};
 use futures_util::{SinkExt, StreamExt};
@@ -24,6 +25,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error;
+use crate::etcd_server::wants_leader;
 use crate::pb::etcdserverpb as pb;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -34,7 +36,7 @@ use crate::pb::etcdserverpb::watch_server::Watch;
 use super::{ClusterService, KvService, LeaseService, MaintenanceService, WatchService};
 
 /// One call, run on the raft core: it builds the call's future there.
-pub type Job = Box<dyn FnOnce(&Local) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+pub type Job = Box<dyn FnOnce(&Rc<Local>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
 
 /// Answers relayed per stream before the raft core waits for the client
 /// executor to drain them (the stream's own buffer is behind this).
@@ -54,6 +56,7 @@ pub struct Local {
 /// Runs the jobs sent by client executors, each as its own task, until
 /// every sender is gone.
 pub async fn run_jobs(local: Local, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let local = Rc::new(local);
     while let Some(job) = jobs.next().await {
         glommio::spawn_local(job(&local)).detach();
     }
@@ -75,11 +78,11 @@ impl Remote {
     async fn call<R, F, Fut>(&self, f: F) -> Result<R, Status>
     where
         R: Send + 'static,
-        F: FnOnce(Local) -> Fut + Send + 'static,
+        F: FnOnce(Rc<Local>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R, Status>> + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |local: &Local| {
+        let job: Job = Box::new(move |local: &Rc<Local>| {
             let fut = f(local.clone());
             Box::pin(async move {
                 // The caller may be gone (client cancelled); the call still
@@ -129,7 +132,7 @@ macro_rules! forward {
         impl $trait for Remote {
             $(
                 async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
-                    self.call(move |l: Local| async move { $trait::$method(&l.$field, req).await }).await
+                    self.call(move |l: Rc<Local>| async move { $trait::$method(&l.$field, req).await }).await
                 }
             )*
             $($extra)*
@@ -137,20 +140,42 @@ macro_rules! forward {
     };
 }
 
-forward!(Kv, kv, [
+/// KV calls skip tonic's service layer on the raft core: only the message
+/// and the `hasleader` flag cross, and only the answer comes back (no
+/// metadata maps allocated on one thread and freed on the other).
+macro_rules! forward_kv {
+    ($($method:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Kv for Remote {
+            $(
+                async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let (md, _, r) = req.into_parts();
+                    let wants = wants_leader(&md);
+                    drop(md);
+                    let resp = self
+                        .call(move |l: Rc<Local>| async move { l.kv.server().$method(wants, r).await })
+                        .await?;
+                    Ok(Response::new(resp))
+                }
+            )*
+        }
+    };
+}
+
+forward_kv! {
     range(pb::RangeRequest) -> pb::RangeResponse;
     put(pb::PutRequest) -> pb::PutResponse;
     delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
     txn(pb::TxnRequest) -> pb::TxnResponse;
     compact(pb::CompactionRequest) -> pb::CompactionResponse;
-]);
+}
 
 forward!(Watch, watch, []
     async fn watch(
         &self,
         req: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
-        self.call(move |l: Local| async move { Watch::watch(&l.watch, req).await.map(relay) }).await
+        self.call(move |l: Rc<Local>| async move { Watch::watch(&l.watch, req).await.map(relay) }).await
     }
 );
 
@@ -164,7 +189,7 @@ forward!(Lease, lease, [
         &self,
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
-        self.call(move |l: Local| async move { Lease::lease_keep_alive(&l.lease, req).await.map(relay) })
+        self.call(move |l: Rc<Local>| async move { Lease::lease_keep_alive(&l.lease, req).await.map(relay) })
             .await
     }
 );
@@ -189,7 +214,7 @@ forward!(Maintenance, maintenance, [
         &self,
         req: Request<pb::SnapshotRequest>,
     ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
-        self.call(move |l: Local| async move { Maintenance::snapshot(&l.maintenance, req).await.map(relay) })
+        self.call(move |l: Rc<Local>| async move { Maintenance::snapshot(&l.maintenance, req).await.map(relay) })
             .await
     }
 );
