@@ -701,6 +701,35 @@ impl WriteView for WriteTxn<'_> {
         self.trees.put(tree as usize, key, value)
     }
 
+    fn update(
+        &mut self,
+        tree: Tree,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+    ) -> StoreResult<bool> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::TooLarge(format!("key of {} bytes exceeds the limit of {MAX_KEY_LEN}", key.len())));
+        }
+        let mut too_large = 0;
+        let mut checked = |old: Option<&[u8]>, out: &mut Vec<u8>| {
+            if !f(old, out) {
+                return false;
+            }
+            if out.len() > MAX_VALUE_LEN {
+                too_large = out.len();
+                return false;
+            }
+            true
+        };
+        let done = self.trees.update(tree as usize, key, &mut checked)?;
+        if too_large > 0 {
+            return Err(StoreError::TooLarge(format!(
+                "value of {too_large} bytes exceeds the limit of {MAX_VALUE_LEN}"
+            )));
+        }
+        Ok(done)
+    }
+
     fn delete(&mut self, tree: Tree, key: &[u8]) -> StoreResult<bool> {
         self.trees.delete(tree as usize, key)
     }

@@ -555,6 +555,14 @@ impl LeafBuf {
         debug_assert!(key_inline(key.len()) && value_inline(key.len(), value.len()));
         let need = leaf_entry_len(key.len(), value.len());
         if self.cell_lo < self.slots_end() + need {
+            // Compact only when the removed cells make room: a full page
+            // with no garbage (the common case, a page filling up) would
+            // be repacked for nothing. Garbage this copy does not know of
+            // (a page from an older build) is left: the caller then turns
+            // the node into an entry list, which is written packed.
+            if self.cell_lo + self.garbage < self.slots_end() + need {
+                return Ok(false);
+            }
             self.compact()?;
             if self.cell_lo < self.slots_end() + need {
                 return Ok(false);
@@ -724,6 +732,10 @@ impl BranchBuf {
         }
         let need = branch_entry_len(key.len());
         if self.cell_lo < self.slots_end() + need {
+            // As in `LeafBuf::insert`: only when compacting makes room.
+            if self.cell_lo + self.garbage < self.slots_end() + need {
+                return Ok(false);
+            }
             self.compact()?;
             if self.cell_lo < self.slots_end() + need {
                 return Ok(false);

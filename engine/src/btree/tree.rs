@@ -425,6 +425,8 @@ pub(crate) struct TxnTrees {
     pub pool: Vec<Vec<u8>>,
     /// [`TxnTrees::descend`]'s path, kept between puts.
     path_buf: PathStack,
+    /// The value [`TxnTrees::update`] builds, kept likewise.
+    val_buf: Vec<u8>,
 }
 
 /// Buffers one write transaction hands to the next (see
@@ -454,7 +456,17 @@ impl TxnTrees {
         let Spare { pool, mut arena, mut nodes, path } = spare;
         arena.clear();
         nodes.clear();
-        TxnTrees { map, roots, nodes, arena, freed: Vec::new(), changed: false, pool, path_buf: path }
+        TxnTrees {
+            map,
+            roots,
+            nodes,
+            arena,
+            freed: Vec::new(),
+            changed: false,
+            pool,
+            path_buf: path,
+            val_buf: Vec::new(),
+        }
     }
 
     /// The buffers worth keeping for the next transaction: `pool` (the page
@@ -638,14 +650,33 @@ impl TxnTrees {
     fn put_at(&mut self, t: usize, key: &[u8], value: &[u8], path: &mut PathStack) -> StoreResult<()> {
         self.changed = true;
         let Some(leaf) = self.descend(t, key, path)? else {
-            let kv = push_arena(&mut self.arena, key);
-            let vv = push_arena(&mut self.arena, value);
-            let size = leaf_entry_len(key.len(), value.len());
-            let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
-            self.roots[t] = Some(Child::Node(n));
-            return Ok(());
+            return self.put_root(t, key, value);
         };
-        let mut pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
+        let pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
+        self.put_found(t, leaf, pos, key, value, path)
+    }
+
+    /// The first entry of an empty tree.
+    fn put_root(&mut self, t: usize, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let kv = push_arena(&mut self.arena, key);
+        let vv = push_arena(&mut self.arena, value);
+        let size = leaf_entry_len(key.len(), value.len());
+        let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
+        self.roots[t] = Some(Child::Node(n));
+        Ok(())
+    }
+
+    /// Puts `key` into dirty `leaf` (reached by `path`), where a search
+    /// found it at / would insert it at `pos`.
+    fn put_found(
+        &mut self,
+        t: usize,
+        leaf: usize,
+        mut pos: Result<usize, usize>,
+        key: &[u8],
+        value: &[u8],
+        path: &mut PathStack,
+    ) -> StoreResult<()> {
         if let Node::Page(lb) = &mut self.nodes[leaf] {
             if key_inline(key.len()) && value_inline(key.len(), value.len()) {
                 // A value of the same length overwrites the old one in place.
@@ -690,6 +721,59 @@ impl TxnTrees {
             }
         }
         self.split_up(t, leaf, path)
+    }
+
+    /// Puts under `key` the value `f` writes into its (empty) buffer given
+    /// the current value (`None` when absent), with one descent where a get
+    /// and a put take two. `f` returning `false` leaves the value as it is
+    /// (the path to it may have been copied); returns what `f` returned.
+    pub(crate) fn update(
+        &mut self,
+        t: usize,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+    ) -> StoreResult<bool> {
+        let mut path = std::mem::take(&mut self.path_buf);
+        let mut val = std::mem::take(&mut self.val_buf);
+        val.clear();
+        let res = self.update_at(t, key, f, &mut path, &mut val);
+        self.path_buf = path;
+        self.val_buf = val;
+        res
+    }
+
+    fn update_at(
+        &mut self,
+        t: usize,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+        path: &mut PathStack,
+        val: &mut Vec<u8>,
+    ) -> StoreResult<bool> {
+        let Some(leaf) = self.descend(t, key, path)? else {
+            if !f(None, val) {
+                return Ok(false);
+            }
+            self.changed = true;
+            self.put_root(t, key, val)?;
+            return Ok(true);
+        };
+        let pos = {
+            let ctx = self.ctx();
+            let v = mview(&self.nodes[leaf]);
+            let pos = ctx.search(&v, key)?;
+            let old = match pos {
+                Ok(i) => Some(ctx.entry(&v, i)?.1),
+                Err(_) => None,
+            };
+            if !f(old, val) {
+                return Ok(false);
+            }
+            pos
+        };
+        self.changed = true;
+        self.put_found(t, leaf, pos, key, val, path)?;
+        Ok(true)
     }
 
     pub(crate) fn delete(&mut self, t: usize, key: &[u8]) -> StoreResult<bool> {

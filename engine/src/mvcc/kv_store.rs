@@ -949,22 +949,48 @@ impl<W: WriteView> KvWriter<W> {
     /// returned.
     fn put_key_core(&mut self, key: &[u8], value: &[u8], lease: i64) -> MvccResult<Option<PutEvent>> {
         let rev = Revision::new(self.state.current + 1, self.changes);
-        let head = self.ctx().head(key)?;
-        let (create_revision, version, old_lease) = match &head {
-            Some(h) => (h.create_revision, h.version + 1, h.lease),
-            None => (rev.main, 1, 0),
+        let next = |h: &Option<HeadEntry>| match h {
+            Some(h) => HeadEntry { modified: rev, create_revision: h.create_revision, version: h.version + 1, lease },
+            None => HeadEntry { modified: rev, create_revision: rev.main, version: 1, lease },
         };
-        let prev = if self.cfg.events == EventMode::EventsWithPrevKv && head.is_some() {
-            self.event_prev(key, head.as_ref())?
+        // The new head first: with one lookup of the key index (`update`)
+        // where a get and a put take two. `prev_kv` events read the state
+        // before this change, so that mode reads it before writing.
+        let mut prev = None;
+        let head = if self.cfg.events == EventMode::EventsWithPrevKv {
+            let head = self.ctx().head(key)?;
+            if head.is_some() {
+                prev = self.event_prev(key, head.as_ref())?;
+            }
+            let (b, n) = next(&head).encode_buf();
+            self.view.put(Tree::KeyIndex, key, &b[..n])?;
+            head
         } else {
-            None
+            let mut old: MvccResult<Option<HeadEntry>> = Ok(None);
+            self.view.update(Tree::KeyIndex, key, &mut |bytes, out| {
+                match bytes.map(HeadEntry::from_bytes).transpose() {
+                    Ok(h) => {
+                        let (b, n) = next(&h).encode_buf();
+                        out.extend_from_slice(&b[..n]);
+                        old = Ok(h);
+                        true
+                    }
+                    Err(e) => {
+                        old = Err(e);
+                        false
+                    }
+                }
+            })?;
+            old?
         };
+        let entry = next(&head);
+        let old_lease = head.as_ref().map_or(0, |h| h.lease);
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
         Record {
             tombstone: false,
-            create_revision,
-            version,
+            create_revision: entry.create_revision,
+            version: entry.version,
             lease,
             key,
             value,
@@ -977,14 +1003,6 @@ impl<W: WriteView> KvWriter<W> {
             // The old head becomes a superseded change.
             self.put_history(key, h.modified, KIND_PUT)?;
         }
-        let entry = HeadEntry {
-            modified: rev,
-            create_revision,
-            version,
-            lease,
-        };
-        let (head_bytes, n) = entry.encode_buf();
-        self.view.put(Tree::KeyIndex, key, &head_bytes[..n])?;
         if old_lease != lease {
             if old_lease != 0 {
                 self.lease_detach(old_lease, key)?;
@@ -998,9 +1016,9 @@ impl<W: WriteView> KvWriter<W> {
             return Ok(None);
         }
         Ok(Some(PutEvent {
-            create_revision,
+            create_revision: entry.create_revision,
             mod_revision: rev.main,
-            version,
+            version: entry.version,
             lease,
             prev,
         }))
