@@ -100,6 +100,23 @@ pub trait ReadView {
 /// The one write transaction; reads see its own writes.
 pub trait WriteView: ReadView {
     fn put(&mut self, tree: Tree, key: &[u8], value: &[u8]) -> StoreResult<()>;
+    /// Puts under `key` the value `f` writes into its (empty) buffer given
+    /// the current value (`None` when absent); `f` returning `false` leaves
+    /// the value as it is. Returns what `f` returned. A store may do this
+    /// with one lookup where [`ReadView::get`] and [`WriteView::put`] take two.
+    fn update(
+        &mut self,
+        tree: Tree,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+    ) -> StoreResult<bool> {
+        let mut value = Vec::new();
+        if !f(self.get(tree, key)?, &mut value) {
+            return Ok(false);
+        }
+        self.put(tree, key, &value)?;
+        Ok(true)
+    }
     /// Removes `key`; returns whether it was present.
     fn delete(&mut self, tree: Tree, key: &[u8]) -> StoreResult<bool>;
     /// Records the last raft index applied by this transaction.

@@ -38,6 +38,9 @@ impl B {
 #[derive(Debug, Clone)]
 enum WOp {
     Put(usize, Vec<u8>, usize),
+    /// `WriteView::update`: a value of the given length derived from the
+    /// old one (its length and first byte); the bool makes `f` decline.
+    Update(usize, Vec<u8>, usize, bool),
     Del(usize, Vec<u8>),
     /// Keys `k{start..start+n}` with values of the given length.
     Bulk(usize, u16, u16, usize),
@@ -87,6 +90,7 @@ fn wop() -> impl Strategy<Value = WOp> {
     let t = 0..TREES;
     prop_oneof![
         6 => (t.clone(), key(), vlen()).prop_map(|(t, k, v)| WOp::Put(t, k, v)),
+        2 => (t.clone(), key(), vlen(), prop::bool::weighted(0.1)).prop_map(|(t, k, v, no)| WOp::Update(t, k, v, no)),
         3 => (t.clone(), key()).prop_map(|(t, k)| WOp::Del(t, k)),
         1 => (t.clone(), 0u16..600, 1u16..400, prop_oneof![3 => 0usize..60, 1 => 200usize..1200])
             .prop_map(|(t, s, n, v)| WOp::Bulk(t, s, n, v)),
@@ -262,6 +266,34 @@ fn write_op(w: &mut ironcd_engine::btree::WriteTxn<'_>, m: &mut Model, op: &WOp,
             let v = value(c, *n);
             w.put(tree(*t), k, &v).unwrap();
             m[*t].insert(k.clone(), v);
+        }
+        WOp::Update(t, k, n, decline) => {
+            let old = m[*t].get(k).cloned();
+            let mut v = value(c, *n);
+            if let Some(first) = v.first_mut() {
+                *first = old.as_ref().map_or(0, |o| o.len() as u8 ^ o.first().copied().unwrap_or(7));
+            }
+            let mut seen = None;
+            let done = w
+                .update(tree(*t), k, &mut |cur, out| {
+                    seen = Some(cur.map(|c| c.to_vec()));
+                    if *decline {
+                        return false;
+                    }
+                    assert!(out.is_empty());
+                    let mut v2 = value(c, *n);
+                    if let Some(first) = v2.first_mut() {
+                        *first = cur.map_or(0, |o| o.len() as u8 ^ o.first().copied().unwrap_or(7));
+                    }
+                    out.extend_from_slice(&v2);
+                    true
+                })
+                .unwrap();
+            assert_eq!(seen, Some(old), "update saw the current value");
+            assert_eq!(done, !*decline);
+            if !*decline {
+                m[*t].insert(k.clone(), v);
+            }
         }
         WOp::Del(t, k) => {
             assert_eq!(w.delete(tree(*t), k).unwrap(), m[*t].remove(k).is_some(), "delete result");

@@ -216,7 +216,7 @@ impl StateMachine {
             .collect();
         let mut events = w.take_events();
         let revision = w.revision();
-        let mut view = w.into_view();
+        let mut view = w.into_view()?;
         let state = codec::encode_applied_state(
             self.applied.as_ref(),
             self.membership.log_id().as_ref(),
@@ -238,7 +238,8 @@ impl StateMachine {
 
 fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -> Applied {
     match req {
-        Req::Put(p) => Applied::Put(w.put(index, &convert::put_req(p))),
+        // By value: the watch event takes the decoded key and value buffers.
+        Req::Put(p) => Applied::Put(w.put_owned(index, convert::put_req(p))),
         Req::DeleteRange(d) => Applied::DeleteRange(w.delete_range(index, &convert::delete_req(d))),
         Req::Txn(t) => match convert::txn_req(t) {
             Ok(t) => Applied::Txn(w.txn(index, &t)),

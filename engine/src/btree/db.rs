@@ -26,7 +26,7 @@ use super::page::{
     MAX_KEY_LEN, MAX_VALUE_LEN, PAGE_SIZE, PS,
 };
 use super::pager::Mapped;
-use super::tree::{Alloc, Child, Ctx, TxnTrees};
+use super::tree::{Alloc, Child, Ctx, Spare, TxnTrees};
 use crate::kv::{ReadView, Store, StoreError, StoreResult, Tree, WriteView};
 
 /// Options for [`Db::open`].
@@ -139,8 +139,9 @@ struct WriterState {
     pending_fresh: BTreeMap<u64, Vec<u64>>,
     /// Pages allocated since the newest durable meta.
     fresh: PageBits,
-    /// Page buffers of the last commit, reused by the next transaction.
-    pool: Vec<Vec<u8>>,
+    /// Page buffers of the last commit and its transaction's other
+    /// buffers, reused by the next transaction.
+    spare: Spare,
     /// The newest durable meta, its slot (page 0 or 1) and its freelist pages.
     durable: Meta,
     durable_slot: u64,
@@ -327,7 +328,7 @@ impl Db {
             pending: BTreeMap::new(),
             pending_fresh: BTreeMap::new(),
             fresh: PageBits::default(),
-            pool: Vec::new(),
+            spare: Spare::default(),
             durable: meta,
             durable_slot: slot,
             freelist_pages: Vec::new(),
@@ -610,8 +611,8 @@ impl Store for Db {
         self.load_freelist(&mut g)?;
         g.promote();
         let base = self.current();
-        let pool = std::mem::take(&mut g.pool);
-        let trees = TxnTrees::new(base.map.clone(), &base.roots, pool);
+        let spare = std::mem::take(&mut g.spare);
+        let trees = TxnTrees::new(base.map.clone(), &base.roots, spare);
         Ok(WriteTxn { db: self, applied: base.applied, g, base, trees })
     }
 
@@ -700,6 +701,35 @@ impl WriteView for WriteTxn<'_> {
         self.trees.put(tree as usize, key, value)
     }
 
+    fn update(
+        &mut self,
+        tree: Tree,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+    ) -> StoreResult<bool> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(StoreError::TooLarge(format!("key of {} bytes exceeds the limit of {MAX_KEY_LEN}", key.len())));
+        }
+        let mut too_large = 0;
+        let mut checked = |old: Option<&[u8]>, out: &mut Vec<u8>| {
+            if !f(old, out) {
+                return false;
+            }
+            if out.len() > MAX_VALUE_LEN {
+                too_large = out.len();
+                return false;
+            }
+            true
+        };
+        let done = self.trees.update(tree as usize, key, &mut checked)?;
+        if too_large > 0 {
+            return Err(StoreError::TooLarge(format!(
+                "value of {too_large} bytes exceeds the limit of {MAX_VALUE_LEN}"
+            )));
+        }
+        Ok(done)
+    }
+
     fn delete(&mut self, tree: Tree, key: &[u8]) -> StoreResult<bool> {
         self.trees.delete(tree as usize, key)
     }
@@ -711,6 +741,8 @@ impl WriteView for WriteTxn<'_> {
     fn commit(self) -> StoreResult<()> {
         let WriteTxn { db, mut g, base, mut trees, applied } = self;
         if !trees.changed && applied == base.applied {
+            let pool = std::mem::take(&mut trees.pool);
+            g.spare = trees.into_spare(pool);
             return Ok(());
         }
         let txid = base.txid + 1;
@@ -744,10 +776,10 @@ impl WriteView for WriteTxn<'_> {
         let mut pool = std::mem::take(&mut trees.pool);
         let room = POOL_PAGES.saturating_sub(pool.len());
         pool.extend(out.into_iter().map(|(_, b)| b).filter(|b| b.capacity() == PAGE_SIZE).take(room));
-        g.pool = pool;
         let (fresh, old): (Vec<u64>, Vec<u64>) = trees.freed.iter().partition(|&&p| g.fresh.remove(p));
         g.pending.entry(txid).or_default().extend(old);
         g.pending_fresh.entry(txid).or_default().extend(fresh);
+        g.spare = trees.into_spare(pool);
         let v = Arc::new(Version { txid, applied, roots, map: g.map.clone() });
         g.versions.push_back((txid, Arc::downgrade(&v)));
         *db.current.lock().unwrap_or_else(|e| e.into_inner()) = v;

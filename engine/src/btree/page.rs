@@ -311,11 +311,30 @@ impl<'a> NodePage<'a> {
     /// entries take `PAGE_SIZE - cells_start + 2 * count` bytes when its
     /// cells are packed, as every page this build writes has them.
     pub(crate) fn cells_start(&self) -> StoreResult<usize> {
-        let mut lo = PAGE_SIZE;
-        for i in 0..self.count {
-            lo = lo.min(self.cell(i)?);
+        // One pass over the slot array (a min and a max the compiler
+        // vectorises); only a page that fails the bounds goes through
+        // `cell`, which names the bad slot. Every page copied into a write
+        // transaction takes this path, so it is worth the fast loop.
+        let slots = self.slots_off();
+        let Some(raw) = self.data.get(slots..slots + 2 * self.count) else {
+            return Err(corrupt(self.id, "slot out of bounds"));
+        };
+        let (mut lo, mut hi) = (u16::MAX, 0u16);
+        for s in raw.chunks_exact(2) {
+            let off = u16::from_le_bytes([s[0], s[1]]);
+            lo = lo.min(off);
+            hi = hi.max(off);
         }
-        Ok(lo)
+        if self.count == 0 {
+            return Ok(PAGE_SIZE);
+        }
+        if (lo as usize) < slots + 2 * self.count || hi as usize >= PAGE_SIZE {
+            for i in 0..self.count {
+                self.cell(i)?;
+            }
+            return Err(corrupt(self.id, "cell offsets out of range"));
+        }
+        Ok(lo as usize)
     }
 
     /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
@@ -536,6 +555,14 @@ impl LeafBuf {
         debug_assert!(key_inline(key.len()) && value_inline(key.len(), value.len()));
         let need = leaf_entry_len(key.len(), value.len());
         if self.cell_lo < self.slots_end() + need {
+            // Compact only when the removed cells make room: a full page
+            // with no garbage (the common case, a page filling up) would
+            // be repacked for nothing. Garbage this copy does not know of
+            // (a page from an older build) is left: the caller then turns
+            // the node into an entry list, which is written packed.
+            if self.cell_lo + self.garbage < self.slots_end() + need {
+                return Ok(false);
+            }
             self.compact()?;
             if self.cell_lo < self.slots_end() + need {
                 return Ok(false);
@@ -705,6 +732,10 @@ impl BranchBuf {
         }
         let need = branch_entry_len(key.len());
         if self.cell_lo < self.slots_end() + need {
+            // As in `LeafBuf::insert`: only when compacting makes room.
+            if self.cell_lo + self.garbage < self.slots_end() + need {
+                return Ok(false);
+            }
             self.compact()?;
             if self.cell_lo < self.slots_end() + need {
                 return Ok(false);

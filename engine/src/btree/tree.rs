@@ -423,7 +423,27 @@ pub(crate) struct TxnTrees {
     pub changed: bool,
     /// Page-sized buffers to reuse (the writer hands back what it wrote).
     pub pool: Vec<Vec<u8>>,
+    /// [`TxnTrees::descend`]'s path, kept between puts.
+    path_buf: PathStack,
+    /// The value [`TxnTrees::update`] builds, kept likewise.
+    val_buf: Vec<u8>,
 }
+
+/// Buffers one write transaction hands to the next (see
+/// [`TxnTrees::into_spare`]), so a commit of a few hundred puts does not
+/// grow its arena and node list from nothing every time.
+#[derive(Default)]
+pub(crate) struct Spare {
+    /// Page-sized buffers.
+    pub pool: Vec<Vec<u8>>,
+    arena: Vec<u8>,
+    nodes: Vec<Node>,
+    path: PathStack,
+}
+
+/// Largest arena (bytes) and node list (entries) kept between transactions.
+const SPARE_ARENA: usize = 4 << 20;
+const SPARE_NODES: usize = 1 << 14;
 
 /// A page buffer from `pool`, or a new one; its contents are unspecified.
 fn take_buf(pool: &mut Vec<Vec<u8>>) -> Vec<u8> {
@@ -431,9 +451,35 @@ fn take_buf(pool: &mut Vec<Vec<u8>>) -> Vec<u8> {
 }
 
 impl TxnTrees {
-    pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT], pool: Vec<Vec<u8>>) -> TxnTrees {
+    pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT], spare: Spare) -> TxnTrees {
         let roots = roots.map(|r| (r != 0).then_some(Child::Page(r)));
-        TxnTrees { map, roots, nodes: Vec::new(), arena: Vec::new(), freed: Vec::new(), changed: false, pool }
+        let Spare { pool, mut arena, mut nodes, path } = spare;
+        arena.clear();
+        nodes.clear();
+        TxnTrees {
+            map,
+            roots,
+            nodes,
+            arena,
+            freed: Vec::new(),
+            changed: false,
+            pool,
+            path_buf: path,
+            val_buf: Vec::new(),
+        }
+    }
+
+    /// The buffers worth keeping for the next transaction: `pool` (the page
+    /// buffers) and this one's arena, node list and path, unless they grew
+    /// large (a big transaction does not pin its memory for good).
+    pub(crate) fn into_spare(mut self, pool: Vec<Vec<u8>>) -> Spare {
+        let keep = |cap: usize, limit: usize| cap <= limit;
+        Spare {
+            pool,
+            arena: if keep(self.arena.capacity(), SPARE_ARENA) { std::mem::take(&mut self.arena) } else { Vec::new() },
+            nodes: if keep(self.nodes.capacity(), SPARE_NODES) { std::mem::take(&mut self.nodes) } else { Vec::new() },
+            path: std::mem::take(&mut self.path_buf),
+        }
     }
 
     pub(crate) fn ctx(&self) -> Ctx<'_> {
@@ -501,9 +547,11 @@ impl TxnTrees {
         }
     }
 
-    /// Makes the path to `key` dirty; returns the leaf and the `(branch,
-    /// child index)` path above it, or `None` for an empty tree.
-    fn descend(&mut self, t: usize, key: &[u8]) -> StoreResult<Option<(usize, PathStack)>> {
+    /// Makes the path to `key` dirty; returns the leaf, with the `(branch,
+    /// child index)` path above it in `path` (cleared first), or `None` for
+    /// an empty tree.
+    fn descend(&mut self, t: usize, key: &[u8], path: &mut PathStack) -> StoreResult<Option<usize>> {
+        path.clear();
         let root = match self.roots[t] {
             None => return Ok(None),
             Some(Child::Node(n)) => n,
@@ -513,14 +561,13 @@ impl TxnTrees {
                 n
             }
         };
-        let mut path = Vec::new();
         let mut cur = root;
         for _ in 0..MAX_DEPTH {
             let ci = {
                 let ctx = self.ctx();
                 let v = mview(&self.nodes[cur]);
                 if Ctx::is_leaf(&v) {
-                    return Ok(Some((cur, path)));
+                    return Ok(Some(cur));
                 }
                 child_pos(ctx.search(&v, key)?)
             };
@@ -593,16 +640,43 @@ impl TxnTrees {
     }
 
     pub(crate) fn put(&mut self, t: usize, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        // The path buffer is kept from put to put (no allocation per put).
+        let mut path = std::mem::take(&mut self.path_buf);
+        let res = self.put_at(t, key, value, &mut path);
+        self.path_buf = path;
+        res
+    }
+
+    fn put_at(&mut self, t: usize, key: &[u8], value: &[u8], path: &mut PathStack) -> StoreResult<()> {
         self.changed = true;
-        let Some((leaf, path)) = self.descend(t, key)? else {
-            let kv = push_arena(&mut self.arena, key);
-            let vv = push_arena(&mut self.arena, value);
-            let size = leaf_entry_len(key.len(), value.len());
-            let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
-            self.roots[t] = Some(Child::Node(n));
-            return Ok(());
+        let Some(leaf) = self.descend(t, key, path)? else {
+            return self.put_root(t, key, value);
         };
-        let mut pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
+        let pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
+        self.put_found(t, leaf, pos, key, value, path)
+    }
+
+    /// The first entry of an empty tree.
+    fn put_root(&mut self, t: usize, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let kv = push_arena(&mut self.arena, key);
+        let vv = push_arena(&mut self.arena, value);
+        let size = leaf_entry_len(key.len(), value.len());
+        let n = self.push_node(Node::Leaf(Leaf { entries: vec![(kv, vv)], size }));
+        self.roots[t] = Some(Child::Node(n));
+        Ok(())
+    }
+
+    /// Puts `key` into dirty `leaf` (reached by `path`), where a search
+    /// found it at / would insert it at `pos`.
+    fn put_found(
+        &mut self,
+        t: usize,
+        leaf: usize,
+        mut pos: Result<usize, usize>,
+        key: &[u8],
+        value: &[u8],
+        path: &mut PathStack,
+    ) -> StoreResult<()> {
         if let Node::Page(lb) = &mut self.nodes[leaf] {
             if key_inline(key.len()) && value_inline(key.len(), value.len()) {
                 // A value of the same length overwrites the old one in place.
@@ -649,12 +723,68 @@ impl TxnTrees {
         self.split_up(t, leaf, path)
     }
 
+    /// Puts under `key` the value `f` writes into its (empty) buffer given
+    /// the current value (`None` when absent), with one descent where a get
+    /// and a put take two. `f` returning `false` leaves the value as it is
+    /// (the path to it may have been copied); returns what `f` returned.
+    pub(crate) fn update(
+        &mut self,
+        t: usize,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+    ) -> StoreResult<bool> {
+        let mut path = std::mem::take(&mut self.path_buf);
+        let mut val = std::mem::take(&mut self.val_buf);
+        val.clear();
+        let res = self.update_at(t, key, f, &mut path, &mut val);
+        self.path_buf = path;
+        self.val_buf = val;
+        res
+    }
+
+    fn update_at(
+        &mut self,
+        t: usize,
+        key: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>, &mut Vec<u8>) -> bool,
+        path: &mut PathStack,
+        val: &mut Vec<u8>,
+    ) -> StoreResult<bool> {
+        let Some(leaf) = self.descend(t, key, path)? else {
+            if !f(None, val) {
+                return Ok(false);
+            }
+            self.changed = true;
+            self.put_root(t, key, val)?;
+            return Ok(true);
+        };
+        let pos = {
+            let ctx = self.ctx();
+            let v = mview(&self.nodes[leaf]);
+            let pos = ctx.search(&v, key)?;
+            let old = match pos {
+                Ok(i) => Some(ctx.entry(&v, i)?.1),
+                Err(_) => None,
+            };
+            if !f(old, val) {
+                return Ok(false);
+            }
+            pos
+        };
+        self.changed = true;
+        self.put_found(t, leaf, pos, key, val, path)?;
+        Ok(true)
+    }
+
     pub(crate) fn delete(&mut self, t: usize, key: &[u8]) -> StoreResult<bool> {
         // Look first, so deleting an absent key copies nothing.
         if self.ctx().get(self.roots[t], key)?.is_none() {
             return Ok(false);
         }
-        let Some((leaf, _)) = self.descend(t, key)? else { return Ok(false) };
+        let mut path = std::mem::take(&mut self.path_buf);
+        let found = self.descend(t, key, &mut path);
+        self.path_buf = path;
+        let Some(leaf) = found? else { return Ok(false) };
         let pos = self.ctx().search(&mview(&self.nodes[leaf]), key)?;
         let Ok(i) = pos else { return Ok(false) };
         match &mut self.nodes[leaf] {
@@ -676,7 +806,7 @@ impl TxnTrees {
     }
 
     /// Splits overgrown nodes from `cur` up the path.
-    fn split_up(&mut self, t: usize, mut cur: usize, mut path: Vec<(usize, usize)>) -> StoreResult<()> {
+    fn split_up(&mut self, t: usize, mut cur: usize, path: &mut PathStack) -> StoreResult<()> {
         while self.nodes[cur].size() > SPLIT_AT {
             let (sep, right) = self.split_node(cur)?;
             let right = self.push_node(right);

@@ -53,10 +53,29 @@ pub struct HeadEntry {
 }
 
 impl HeadEntry {
+    #[cfg(test)]
     pub fn encode(self, out: &mut Vec<u8>) {
+        let (buf, n) = self.encode_buf();
+        out.extend_from_slice(&buf[..n]);
+    }
+
+    /// The encoding in a fixed buffer: `(buf, len)`; `&buf[..len]` is what
+    /// [`HeadEntry::encode`] appends.
+    #[inline]
+    pub fn encode_buf(self) -> ([u8; HEAD_ENTRY_MAX_LEN], usize) {
+        let mut buf = [0u8; HEAD_ENTRY_MAX_LEN];
+        let mut at = 0;
         for v in [self.modified.main, self.modified.sub, self.create_revision, self.version, self.lease] {
-            put_varint(out, v);
+            let mut z = ((v << 1) ^ (v >> 63)) as u64;
+            while z >= 0x80 {
+                buf[at] = z as u8 | 0x80;
+                z >>= 7;
+                at += 1;
+            }
+            buf[at] = z as u8;
+            at += 1;
         }
+        (buf, at)
     }
 
     pub fn from_bytes(b: &[u8]) -> MvccResult<Self> {
@@ -108,9 +127,17 @@ pub fn history_prefix(key: &[u8]) -> Vec<u8> {
 /// self-delimiting and order-preserving, so entries sort by key, then
 /// revision).
 pub fn history_key(key: &[u8], rev: Revision) -> Vec<u8> {
-    let mut out = history_prefix(key);
-    out.extend_from_slice(&rev.kv_key());
+    let mut out = Vec::with_capacity(key.len() + 2 + KV_KEY_MAX_LEN);
+    history_key_into(key, rev, &mut out);
     out
+}
+
+/// [`history_key`] written into `out` (cleared first), to reuse a buffer.
+pub fn history_key_into(key: &[u8], rev: Revision, out: &mut Vec<u8>) {
+    out.clear();
+    escape_key(key, out);
+    out.extend_from_slice(&[0x00, 0x01]);
+    out.extend_from_slice(&rev.kv_key_buf());
 }
 
 /// Splits a history key into the length of its `esc(key) 00 01` prefix and

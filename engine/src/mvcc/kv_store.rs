@@ -16,7 +16,7 @@ use crate::kv::{ReadView, Store, Tree, WriteView};
 
 use super::error::{MvccError, MvccResult};
 use super::key_index::{
-    history_after, history_key, history_lower, history_prefix, HeadEntry, Record, HEAD_ENTRY_MAX_LEN, KIND_PUT,
+    history_after, history_key, history_key_into, history_lower, history_prefix, HeadEntry, Record, KIND_PUT,
     KIND_TOMBSTONE,
 };
 use super::revision::{le_i64, Revision};
@@ -166,7 +166,7 @@ impl<'v, V: ReadView + ?Sized> ReadCtx<'v, V> {
 
     /// Visits the record stored at `rev`.
     pub fn with_record<T>(&self, rev: Revision, f: impl FnOnce(Record<'_>) -> T) -> MvccResult<T> {
-        match self.view.get(Tree::Kv, &rev.kv_key())? {
+        match self.view.get(Tree::Kv, &rev.kv_key_buf())? {
             Some(b) => Ok(f(Record::decode(b)?)),
             None => Err(MvccError::corrupt(format!(
                 "missing kv record at {}.{}",
@@ -683,7 +683,13 @@ pub struct KvWriter<W: WriteView> {
     /// Changes made by the request being applied (the next sub revision).
     pub(crate) changes: i64,
     pub(crate) events: Vec<Event>,
+    /// Encoded `Tree::Kv` record, reused from change to change.
     scratch: Vec<u8>,
+    /// Encoded `Tree::KeyHistory` keys, reused likewise.
+    hscratch: Vec<u8>,
+    /// `state.current` moved since `META_CURRENT_REV` was last written:
+    /// the key is written once per transaction (see [`KvWriter::end`]).
+    rev_dirty: bool,
 }
 
 impl<W: WriteView> KvWriter<W> {
@@ -696,6 +702,8 @@ impl<W: WriteView> KvWriter<W> {
             changes: 0,
             events: Vec::new(),
             scratch: Vec::new(),
+            hscratch: Vec::new(),
+            rev_dirty: false,
         })
     }
 
@@ -737,20 +745,35 @@ impl<W: WriteView> KvWriter<W> {
     }
 
     /// Publishes everything applied (no fsync).
-    pub fn commit(self) -> MvccResult<()> {
+    pub fn commit(mut self) -> MvccResult<()> {
+        self.flush_rev()?;
         self.view.commit()?;
         Ok(())
     }
 
     /// The write view, for trees MVCC does not own (the server's alarms and
-    /// raft bookkeeping in `Tree::Meta` under their own key prefixes).
+    /// raft bookkeeping in `Tree::Meta` under their own key prefixes). The
+    /// MVCC revision key in `Tree::Meta` may lag behind [`Self::revision`]
+    /// until [`Self::commit`] or [`Self::into_view`].
     pub fn view_mut(&mut self) -> &mut W {
         &mut self.view
     }
 
-    /// Gives back the write view (every request's state is already in it).
-    pub fn into_view(self) -> W {
-        self.view
+    /// Gives back the write view with every request's state in it (the
+    /// revision key written).
+    pub fn into_view(mut self) -> MvccResult<W> {
+        self.flush_rev()?;
+        Ok(self.view)
+    }
+
+    /// Writes `META_CURRENT_REV` if a request moved the revision since it
+    /// was last written.
+    fn flush_rev(&mut self) -> MvccResult<()> {
+        if self.rev_dirty {
+            self.view.put(Tree::Meta, META_CURRENT_REV, &self.state.current.to_le_bytes())?;
+            self.rev_dirty = false;
+        }
+        Ok(())
     }
 
     pub(crate) fn begin(&mut self, index: u64) {
@@ -759,15 +782,14 @@ impl<W: WriteView> KvWriter<W> {
     }
 
     /// Ends a request: a request with changes takes the next revision.
+    /// The revision is kept in `state`; `Tree::Meta` gets it once, when the
+    /// transaction is handed back ([`Self::commit`], [`Self::into_view`]),
+    /// not once per request: nothing reads it through the writer.
     pub(crate) fn end(&mut self) -> MvccResult<()> {
         if self.changes > 0 {
             self.state.current += 1;
             self.changes = 0;
-            self.view.put(
-                Tree::Meta,
-                META_CURRENT_REV,
-                &self.state.current.to_le_bytes(),
-            )?;
+            self.rev_dirty = true;
         }
         Ok(())
     }
@@ -793,6 +815,28 @@ impl<W: WriteView> KvWriter<W> {
                 return Err(MvccError::LeaseNotFound);
             }
             w.put_op(p)
+        })
+    }
+
+    /// [`Self::put`] taking the request by value: the watch event gets the
+    /// request's key and value buffers instead of copies of them (the
+    /// server's apply path, where the request was just decoded from the log
+    /// entry and is not needed afterwards).
+    pub fn put_owned(&mut self, index: u64, p: PutRequest) -> MvccResult<PutResponse> {
+        if p.ignore_value || p.ignore_lease || p.prev_kv {
+            return self.put(index, &p);
+        }
+        self.request(index, |w| {
+            if p.lease != 0 && !w.lease_exists(p.lease)? {
+                return Err(MvccError::LeaseNotFound);
+            }
+            if let Some(ev) = w.put_key_core(&p.key, &p.value, p.lease)? {
+                w.events.push(ev.event(p.key, p.value));
+            }
+            Ok(PutResponse {
+                header: ResponseHeader::at(w.state.current + 1),
+                prev_kv: None,
+            })
         })
     }
 
@@ -894,45 +938,71 @@ impl<W: WriteView> KvWriter<W> {
     /// Writes a new version of `key`. Invariant: `Tree::Kv`, `Tree::KeyHistory`
     /// and `Tree::KeyIndex` change together, and the lease index follows the head.
     pub(crate) fn put_key(&mut self, key: &[u8], value: &[u8], lease: i64) -> MvccResult<()> {
+        if let Some(ev) = self.put_key_core(key, value, lease)? {
+            self.events.push(ev.event(key.to_vec(), value.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// [`Self::put_key`] without the event's copies of key and value: the
+    /// caller builds the event (from bytes it owns, or copies) when one is
+    /// returned.
+    fn put_key_core(&mut self, key: &[u8], value: &[u8], lease: i64) -> MvccResult<Option<PutEvent>> {
         let rev = Revision::new(self.state.current + 1, self.changes);
-        let head = self.ctx().head(key)?;
-        let (create_revision, version, old_lease) = match &head {
-            Some(h) => (h.create_revision, h.version + 1, h.lease),
-            None => (rev.main, 1, 0),
+        let next = |h: &Option<HeadEntry>| match h {
+            Some(h) => HeadEntry { modified: rev, create_revision: h.create_revision, version: h.version + 1, lease },
+            None => HeadEntry { modified: rev, create_revision: rev.main, version: 1, lease },
         };
-        let prev = if self.cfg.events == EventMode::EventsWithPrevKv && head.is_some() {
-            self.event_prev(key, head.as_ref())?
+        // The new head first: with one lookup of the key index (`update`)
+        // where a get and a put take two. `prev_kv` events read the state
+        // before this change, so that mode reads it before writing.
+        let mut prev = None;
+        let head = if self.cfg.events == EventMode::EventsWithPrevKv {
+            let head = self.ctx().head(key)?;
+            if head.is_some() {
+                prev = self.event_prev(key, head.as_ref())?;
+            }
+            let (b, n) = next(&head).encode_buf();
+            self.view.put(Tree::KeyIndex, key, &b[..n])?;
+            head
         } else {
-            None
+            let mut old: MvccResult<Option<HeadEntry>> = Ok(None);
+            self.view.update(Tree::KeyIndex, key, &mut |bytes, out| {
+                match bytes.map(HeadEntry::from_bytes).transpose() {
+                    Ok(h) => {
+                        let (b, n) = next(&h).encode_buf();
+                        out.extend_from_slice(&b[..n]);
+                        old = Ok(h);
+                        true
+                    }
+                    Err(e) => {
+                        old = Err(e);
+                        false
+                    }
+                }
+            })?;
+            old?
         };
+        let entry = next(&head);
+        let old_lease = head.as_ref().map_or(0, |h| h.lease);
         let mut rec = std::mem::take(&mut self.scratch);
         rec.clear();
         Record {
             tombstone: false,
-            create_revision,
-            version,
+            create_revision: entry.create_revision,
+            version: entry.version,
             lease,
             key,
             value,
         }
         .encode(&mut rec);
-        let res = self.view.put(Tree::Kv, &rev.kv_key(), &rec);
+        let res = self.view.put(Tree::Kv, &rev.kv_key_buf(), &rec);
         self.scratch = rec;
         res?;
         if let Some(h) = &head {
             // The old head becomes a superseded change.
-            self.view
-                .put(Tree::KeyHistory, &history_key(key, h.modified), &[KIND_PUT])?;
+            self.put_history(key, h.modified, KIND_PUT)?;
         }
-        let entry = HeadEntry {
-            modified: rev,
-            create_revision,
-            version,
-            lease,
-        };
-        let mut head_bytes = Vec::with_capacity(HEAD_ENTRY_MAX_LEN);
-        entry.encode(&mut head_bytes);
-        self.view.put(Tree::KeyIndex, key, &head_bytes)?;
         if old_lease != lease {
             if old_lease != 0 {
                 self.lease_detach(old_lease, key)?;
@@ -942,21 +1012,25 @@ impl<W: WriteView> KvWriter<W> {
             }
         }
         self.changes += 1;
-        if self.cfg.events != EventMode::None {
-            self.events.push(Event {
-                r#type: EventType::Put,
-                kv: KeyValue {
-                    key: key.to_vec(),
-                    create_revision,
-                    mod_revision: rev.main,
-                    version,
-                    value: value.to_vec(),
-                    lease,
-                },
-                prev_kv: prev,
-            });
+        if self.cfg.events == EventMode::None {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(PutEvent {
+            create_revision: entry.create_revision,
+            mod_revision: rev.main,
+            version: entry.version,
+            lease,
+            prev,
+        }))
+    }
+
+    /// Writes the `Tree::KeyHistory` entry of `key`'s change at `rev`.
+    fn put_history(&mut self, key: &[u8], rev: Revision, kind: u8) -> MvccResult<()> {
+        let mut hk = std::mem::take(&mut self.hscratch);
+        history_key_into(key, rev, &mut hk);
+        let res = self.view.put(Tree::KeyHistory, &hk, &[kind]);
+        self.hscratch = hk;
+        Ok(res?)
     }
 
     /// Writes a tombstone for the live `key` whose head entry is `head`.
@@ -978,15 +1052,13 @@ impl<W: WriteView> KvWriter<W> {
             value: &[],
         }
         .encode(&mut rec);
-        let res = self.view.put(Tree::Kv, &rev.kv_key(), &rec);
+        let res = self.view.put(Tree::Kv, &rev.kv_key_buf(), &rec);
         self.scratch = rec;
         res?;
         // The head and the tombstone are both superseded changes (a deleted
         // key has no head).
-        self.view
-            .put(Tree::KeyHistory, &history_key(key, head.modified), &[KIND_PUT])?;
-        self.view
-            .put(Tree::KeyHistory, &history_key(key, rev), &[KIND_TOMBSTONE])?;
+        self.put_history(key, head.modified, KIND_PUT)?;
+        self.put_history(key, rev, KIND_TOMBSTONE)?;
         self.view.delete(Tree::KeyIndex, key)?;
         if head.lease != 0 {
             self.lease_detach(head.lease, key)?;
@@ -1098,6 +1170,32 @@ impl<W: WriteView> KvWriter<W> {
             succeeded: path.succeeded,
             responses,
         })
+    }
+}
+
+/// What a put's watch event needs besides the key and value.
+struct PutEvent {
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    lease: i64,
+    prev: Option<KeyValue>,
+}
+
+impl PutEvent {
+    fn event(self, key: Vec<u8>, value: Vec<u8>) -> Event {
+        Event {
+            r#type: EventType::Put,
+            kv: KeyValue {
+                key,
+                create_revision: self.create_revision,
+                mod_revision: self.mod_revision,
+                version: self.version,
+                value,
+                lease: self.lease,
+            },
+            prev_kv: self.prev,
+        }
     }
 }
 

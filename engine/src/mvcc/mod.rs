@@ -24,7 +24,7 @@ pub use compactor::CompactStep;
 pub use error::{GrpcCode, MvccError, MvccResult};
 pub use kv_store::{Config, EventMode, KvReader, KvStore, KvWriter};
 pub use lease::MAX_LEASE_TTL;
-pub use revision::Revision;
+pub use revision::{KvKey, Revision};
 pub use types::*;
 
 /// Test fixtures (not for production use).

@@ -41,11 +41,31 @@ impl Revision {
 /// Longest [`Revision::kv_key`]: two length bytes and two 8-byte integers.
 pub const KV_KEY_MAX_LEN: usize = 18;
 
-/// Appends `len u8 | v` big-endian without leading zero bytes (0 -> `00`).
-fn put_short(out: &mut Vec<u8>, v: u64) {
-    let n = 8 - v.leading_zeros() as usize / 8;
-    out.push(n as u8);
-    out.extend_from_slice(&v.to_be_bytes()[8 - n..]);
+/// A [`Revision::kv_key`] in a fixed buffer; derefs to its bytes.
+#[derive(Clone, Copy)]
+pub struct KvKey {
+    buf: [u8; KV_KEY_MAX_LEN],
+    len: u8,
+}
+
+impl KvKey {
+    /// Appends `len u8 | v` big-endian without leading zero bytes (0 -> `00`).
+    #[inline]
+    fn put_short(&mut self, v: u64) {
+        let n = 8 - v.leading_zeros() as usize / 8;
+        let at = self.len as usize;
+        self.buf[at] = n as u8;
+        self.buf[at + 1..at + 1 + n].copy_from_slice(&v.to_be_bytes()[8 - n..]);
+        self.len += 1 + n as u8;
+    }
+}
+
+impl std::ops::Deref for KvKey {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
 }
 
 /// Reads a [`put_short`] integer at `*at`; rejects a non-minimal one.
@@ -69,12 +89,19 @@ impl Revision {
     /// non-negative revisions (a shorter integer is smaller; a missing sub
     /// sorts first), and a typical key is 4-5 bytes instead of 16.
     pub fn kv_key(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(KV_KEY_MAX_LEN);
-        put_short(&mut out, self.main as u64);
+        self.kv_key_buf().to_vec()
+    }
+
+    /// [`Revision::kv_key`] on the stack (no allocation: the apply path
+    /// builds one per change and the read path one per record fetched).
+    #[inline]
+    pub fn kv_key_buf(self) -> KvKey {
+        let mut k = KvKey { buf: [0; KV_KEY_MAX_LEN], len: 0 };
+        k.put_short(self.main as u64);
         if self.sub != 0 {
-            put_short(&mut out, self.sub as u64);
+            k.put_short(self.sub as u64);
         }
-        out
+        k
     }
 
     /// Decodes a [`Revision::kv_key`]; rejects any other spelling.
