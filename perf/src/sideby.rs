@@ -347,8 +347,17 @@ pub(crate) enum Load {
 pub(crate) const RANGE_KEY: &str = "perf/range-key";
 
 /// Runs `load` against `endpoints` (connection `i` to endpoint `i % n`, or
-/// all to the leader with `target_leader`, as `ironcd-bench --endpoints`).
+/// all to the leader with `target_leader`, as `ironcd-bench --endpoints`), on
+/// a runtime of its own with one thread, as `ironcd-bench` runs it
+/// (`--client-threads=1`); its connections close when it ends.
 pub(crate) async fn run_load(env: &Env, endpoints: &[String], target_leader: bool, load: &Load) -> Result<Report, String> {
+    tokio::task::block_in_place(|| {
+        let rt = bench::client_runtime(1).map_err(|e| format!("load runtime: {e}"))?;
+        rt.block_on(run_load_here(env, endpoints, target_leader, load))
+    })
+}
+
+async fn run_load_here(env: &Env, endpoints: &[String], target_leader: bool, load: &Load) -> Result<Report, String> {
     let conns_n = match load {
         Load::Put { conns, .. } | Load::Range { conns, .. } | Load::Cas { conns, .. } | Load::Lease { conns, .. } => *conns,
         Load::WatchLatency { streams, .. } => (*streams).clamp(1, 10),
