@@ -848,8 +848,8 @@ pub fn markdown(res: &Results, quick: bool) -> String {
         let _ = writeln!(
             s,
             "Same machine, loopback, both servers with default durability (fsync on every commit), data dirs on the same \
-             disk under the target dir. The load generator (`ironcd-bench`'s engine, etcd-client over gRPC, tokio) runs on \
-             the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
+             disk under the target dir. The load generator (`ironcd-bench`'s engine: etcd-client over gRPC, HTTP/2 via the h2 \
+             crate, one tokio thread) runs on the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
              first on odd), except where the reps column says 1. Ratio = ironcd / etcd.\n",
             plan.reps
         );
