@@ -10,6 +10,7 @@
 
 use crate::cli::*;
 use crate::report::{Report, Stats};
+use crate::transport::{self, Transport};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, PutOptions, Txn, TxnOp, WatchOptions,
 };
@@ -54,6 +55,7 @@ pub struct ConnCfg {
     pub dial_timeout: Duration,
     pub target_leader: bool,
     pub user: Option<String>,
+    pub transport: Transport,
 }
 
 impl ConnCfg {
@@ -64,6 +66,7 @@ impl ConnCfg {
             dial_timeout: Duration::from_secs(2),
             target_leader: false,
             user: None,
+            transport: Transport::default(),
         }
     }
 }
@@ -90,6 +93,16 @@ pub async fn find_leader(cfg: &ConnCfg) -> BoxResult<String> {
     Err("no endpoint reports itself as leader".into())
 }
 
+/// The runtime the load runs on: one thread (clients, connections and the
+/// I/O driver on it, no cross-thread wake-ups) unless `threads` > 1.
+pub fn client_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+}
+
 /// Opens `conns` connections (one HTTP/2 connection per client object),
 /// spread over the endpoints (or all to the leader with `target_leader`).
 pub async fn connect(cfg: &ConnCfg) -> BoxResult<Vec<Client>> {
@@ -101,7 +114,7 @@ pub async fn connect(cfg: &ConnCfg) -> BoxResult<Vec<Client>> {
     let mut out = Vec::with_capacity(cfg.conns);
     for i in 0..cfg.conns {
         let ep = &eps[i % eps.len()];
-        out.push(Client::connect([ep.as_str()], Some(connect_options(cfg))).await?);
+        out.push(transport::client(ep, cfg.transport, cfg.dial_timeout, connect_options(cfg)).await?);
     }
     Ok(out)
 }

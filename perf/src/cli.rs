@@ -3,6 +3,7 @@
 //! --clients=1000 put --key-size=8 --sequential-keys --total=100000
 //! --val-size=256`. Additions are marked as such.
 
+use crate::transport::Transport;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug, Clone)]
@@ -41,6 +42,16 @@ pub struct Cli {
     /// (ironcd) No progress bar.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// (ironcd) What each connection is built on under etcd-client: `h2` (one HTTP/2
+    /// connection driven by the h2 crate, requests sent and answered on the client's
+    /// own task), `tonic` (a tonic Channel), `balanced` (etcd-client's own
+    /// `Client::connect`, the tool's transport before), `hyper` (hyper's HTTP/2 client).
+    #[arg(long, global = true, value_enum, default_value_t = Transport::H2)]
+    pub transport: Transport,
+    /// (ironcd) Threads that run the clients and connections: 1 = one thread (tokio's
+    /// current-thread runtime); N > 1 = a multi-thread runtime with N workers.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub client_threads: usize,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -334,6 +345,9 @@ mod tests {
         assert!(c.json);
         assert_eq!(c.max_seconds, 5.0);
         assert_eq!(c.dial_timeout, std::time::Duration::from_millis(500));
+        assert_eq!((c.transport, c.client_threads), (Transport::H2, 1));
+        let c = parse(&["--transport=balanced", "--client-threads=2", "put"]);
+        assert_eq!((c.transport, c.client_threads), (Transport::Balanced, 2));
     }
 
     #[test]

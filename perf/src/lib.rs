@@ -16,3 +16,4 @@ pub mod procs;
 pub mod report;
 pub mod sideby;
 pub mod svg;
+pub mod transport;

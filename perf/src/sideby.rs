@@ -347,8 +347,17 @@ pub(crate) enum Load {
 pub(crate) const RANGE_KEY: &str = "perf/range-key";
 
 /// Runs `load` against `endpoints` (connection `i` to endpoint `i % n`, or
-/// all to the leader with `target_leader`, as `ironcd-bench --endpoints`).
+/// all to the leader with `target_leader`, as `ironcd-bench --endpoints`), on
+/// a runtime of its own with one thread, as `ironcd-bench` runs it
+/// (`--client-threads=1`); its connections close when it ends.
 pub(crate) async fn run_load(env: &Env, endpoints: &[String], target_leader: bool, load: &Load) -> Result<Report, String> {
+    tokio::task::block_in_place(|| {
+        let rt = bench::client_runtime(1).map_err(|e| format!("load runtime: {e}"))?;
+        rt.block_on(run_load_here(env, endpoints, target_leader, load))
+    })
+}
+
+async fn run_load_here(env: &Env, endpoints: &[String], target_leader: bool, load: &Load) -> Result<Report, String> {
     let conns_n = match load {
         Load::Put { conns, .. } | Load::Range { conns, .. } | Load::Cas { conns, .. } | Load::Lease { conns, .. } => *conns,
         Load::WatchLatency { streams, .. } => (*streams).clamp(1, 10),
@@ -839,8 +848,8 @@ pub fn markdown(res: &Results, quick: bool) -> String {
         let _ = writeln!(
             s,
             "Same machine, loopback, both servers with default durability (fsync on every commit), data dirs on the same \
-             disk under the target dir. The load generator (`ironcd-bench`'s engine, etcd-client over gRPC, tokio) runs on \
-             the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
+             disk under the target dir. The load generator (`ironcd-bench`'s engine: etcd-client over gRPC, HTTP/2 via the h2 \
+             crate, one tokio thread) runs on the same 2 cores as the server. Figures are **medians of {} alternations** (ironcd first on even reps, etcd \
              first on odd), except where the reps column says 1. Ratio = ironcd / etcd.\n",
             plan.reps
         );

@@ -3,6 +3,10 @@
 use clap::Parser;
 use ironcd_perf::sideby::{run, SideArgs};
 
+/// As `ironcd-bench` (the load runs in this process).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = SideArgs::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
