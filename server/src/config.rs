@@ -140,8 +140,9 @@ pub struct Config {
 
     /// Executor threads to run: the raft core plus client executors that
     /// serve connections and forward each call to it; 0 = one per available
-    /// core.
-    #[arg(long = "ironcd-cores", env = "IRONCD_CORES", default_value_t = 0)]
+    /// core. Default 1: where the server shares its cores with its clients,
+    /// forwarding costs more CPU than it frees (docs/perf.md).
+    #[arg(long = "ironcd-cores", env = "IRONCD_CORES", default_value_t = 1)]
     pub cores: usize,
 
     /// Client connections the raft core serves itself (a lone client never
