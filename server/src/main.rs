@@ -35,6 +35,7 @@ use ironcd_engine::mvcc::{self, KvStore};
 use ironcd_engine::wal::WalOptions;
 use ironcd_raft_net::peer::{self, PeerConfig, PeerNetworkFactory, PeerServer, Peers};
 use ironcd_raft_net::{LogStore, Member};
+use openraft::async_runtime::WatchReceiver;
 use openraft::SnapshotPolicy;
 
 use crate::config::{Config, ETCD_VERSION};
@@ -261,6 +262,15 @@ fn raft_config(cfg: &Config) -> Result<Arc<openraft::Config>, String> {
         // etcd keeps 5,000 entries behind a snapshot for slow followers.
         max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
         enable_pre_vote: Some(cfg.pre_vote),
+        // A restarted leader goes through an election, as in etcd. openraft
+        // would otherwise resume leadership in the same term with the
+        // committed index it had persisted, which here lags (the WAL writes
+        // it with the next batch, docs/raft.md rule 7) while the store is
+        // synced only every --ironcd-store-sync-entries: its read index, and
+        // so its linearizable reads, could then miss writes it had already
+        // acknowledged (found by the fault test: a get returned the value
+        // before a put acknowledged by the same member before its kill -9).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     c.validate()
@@ -465,7 +475,20 @@ async fn serve_member(
         app: peer_service.clone(),
         snapshots: transfer,
     });
-    if !raft.is_initialized().await.map_err(|e| e.to_string())? && cfg.initial_cluster_state == "new" {
+    let was_initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
+    if was_initialized {
+        // The only voter need not wait an election timeout to lead again
+        // after a restart (leader restore is off, see `raft_config`).
+        let sole_voter = {
+            let m = raft.metrics().borrow_watched().membership_config.clone();
+            let voters: Vec<u64> = m.membership().voter_ids().collect();
+            voters == [id.member_id]
+        };
+        if sole_voter {
+            raft.trigger().elect(false).await.map_err(|e| format!("starting an election: {e}"))?;
+        }
+    }
+    if !was_initialized && cfg.initial_cluster_state == "new" {
         // A member whose data dir was wiped must not bootstrap again (it
         // would forget its vote): etcd's "has already been bootstrapped".
         refuse_rebootstrap(&id, &peer_cfg).await?;

@@ -241,6 +241,14 @@ fn histories_stay_linearizable_while_members_are_killed_paused_and_partitioned()
     assert!(puts >= 30 && gets >= 30, "too little succeeded to mean anything (seed {seed}):\n{}", c.logs());
 
     let result = check(&history, Budget::default());
+    if !result.is_ok() {
+        // The whole history and the members' logs, to study the failure.
+        let path = std::env::temp_dir().join(format!("ironcd-lin-history-{seed}.txt"));
+        let mut text: String = history.iter().map(|e| format!("{e:?}\n")).collect();
+        text.push_str(&c.logs());
+        let _ = std::fs::write(&path, text);
+        println!("history and member logs: {}", path.display());
+    }
     assert!(result.is_ok(), "seed {seed}, faults [{}]: {result}", faults.join(", "));
 
     // Afterwards every member is up, healthy and agrees on every key.
