@@ -3,13 +3,13 @@
 //! traits, a hyper executor that spawns on the current glommio executor, and
 //! the accept loop. One client port serves HTTP/2 (gRPC) and HTTP/1.1.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs};
-use std::cell::Cell;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
-use std::rc::Rc;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
 use futures_channel::mpsc;

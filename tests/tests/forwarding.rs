@@ -32,7 +32,7 @@ fn normalise(s: &str, lease: &str, dir: &str) -> String {
 
 /// Runs one etcdctl command, logs what it printed (normalised) and returns
 /// its raw stdout.
-fn step(ep: &str, dir: &str, log: &mut Vec<String>, lease: &str, args: &[&str]) -> String {
+fn run_step(ep: &str, dir: &str, log: &mut Vec<String>, lease: &str, args: &[&str]) -> String {
     let out = etcdctl(ep, args);
     let text = format!(
         "$ etcdctl {}\nexit={}\n{}\n{}",
@@ -52,7 +52,7 @@ fn session(srv: &Server, dir: &std::path::Path) -> Vec<String> {
     let d = dir.display().to_string();
     let mut log = Vec::new();
     let mut lease = String::new();
-    let mut step = |args: &[&str], lease: &str| step(&ep, &d, &mut log, lease, args);
+    let mut step = |args: &[&str], lease: &str| run_step(&ep, &d, &mut log, lease, args);
     step(&["put", "k1", "v1"], "");
     let granted = step(&["lease", "grant", "100"], "");
     lease.push_str(granted.split_whitespace().nth(1).unwrap_or_default());
