@@ -33,7 +33,12 @@ use crate::state_machine::{Applied, StateMachine, Waiters};
 /// Whether a call asks, with etcd's `hasleader` metadata, to fail fast when
 /// the member has no leader.
 pub fn wants_leader(md: &MetadataMap) -> bool {
-    md.get("hasleader").is_some_and(|v| v == "true")
+    wants_leader_in(md.as_ref())
+}
+
+/// [`wants_leader`] from the request's HTTP headers.
+pub fn wants_leader_in(headers: &http::HeaderMap) -> bool {
+    headers.get("hasleader").is_some_and(|v| v == "true")
 }
 
 pub type MemberRaft = Raft<StateMachine>;

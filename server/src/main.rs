@@ -332,11 +332,15 @@ fn run(cfg: Config) -> Result<(), String> {
         LocalExecutorBuilder::new(placement(i))
             .name(&format!("ironcd-client-{i}"))
             .spawn(move || async move {
-                let routes = v3rpc::LearnerGuard {
-                    routes: v3rpc::remote_routes(remote, max_request_bytes),
-                    learner,
+                let front = v3rpc::Front {
+                    kv: v3rpc::KvCalls::Remote(remote.clone()),
+                    routes: v3rpc::LearnerGuard {
+                        routes: v3rpc::remote_routes(remote, max_request_bytes),
+                        learner,
+                    },
+                    decode_limit: v3rpc::kv_decode_limit(max_request_bytes),
                 };
-                transport::serve_handed(conn_rx, routes).await
+                transport::serve_handed(conn_rx, front).await
             })
             .map_err(|e| format!("starting client executor {i}: {e}"))?;
         handoff.push(conn_tx);
@@ -558,17 +562,21 @@ async fn serve_member(
     learner.store(srv.is_learner(), Ordering::Relaxed);
     let local = v3rpc::local_services(srv.clone(), hub.clone());
     glommio::spawn_local(v3rpc::remote::run_jobs(local.clone(), clients.jobs)).detach();
-    let routes = v3rpc::LearnerGuard {
-        routes: v3rpc::routes(&local, srv.cfg.max_request_bytes),
-        learner: learner.clone(),
+    let front = v3rpc::Front {
+        kv: v3rpc::KvCalls::Local(srv.clone()),
+        routes: v3rpc::LearnerGuard {
+            routes: v3rpc::routes(&local, srv.cfg.max_request_bytes),
+            learner: learner.clone(),
+        },
+        decode_limit: v3rpc::kv_decode_limit(srv.cfg.max_request_bytes),
     };
     let handoff = Rc::new(transport::Handoff::new(srv.cfg.raft_core_conns, clients.handoff));
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");
         let l = transport::into_glommio(l);
-        let (routes, handoff) = (routes.clone(), handoff.clone());
+        let (front, handoff) = (front.clone(), handoff.clone());
         glommio::spawn_local(async move {
-            if let Err(e) = transport::serve(l, routes, handoff).await {
+            if let Err(e) = transport::serve(l, front, handoff).await {
                 tracing::error!(error = %e, "client listener failed");
             }
         })

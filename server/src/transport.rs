@@ -162,11 +162,11 @@ impl Handoff {
     }
 }
 
-/// Accepts connections forever; each is served with `routes` here or handed
+/// Accepts connections forever; each is served with `front` here or handed
 /// to a client executor by `handoff`.
 pub async fn serve(
     listener: TcpListener,
-    routes: crate::v3rpc::LearnerGuard,
+    front: crate::v3rpc::Front,
     handoff: Rc<Handoff>,
 ) -> io::Result<()> {
     loop {
@@ -181,9 +181,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let Some(stream) = handoff.place(stream) else { continue };
         handoff.local.set(handoff.local.get() + 1);
-        let (routes, handoff) = (routes.clone(), handoff.clone());
+        let (front, handoff) = (front.clone(), handoff.clone());
         glommio::spawn_local(async move {
-            serve_connection(stream, routes).await;
+            serve_connection(stream, front).await;
             handoff.local.set(handoff.local.get() - 1);
         })
         .detach();
@@ -194,18 +194,18 @@ pub async fn serve(
 /// it, until the raft core is gone.
 pub async fn serve_handed(
     mut conns: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    routes: crate::v3rpc::LearnerGuard,
+    front: crate::v3rpc::Front,
 ) {
     while let Some(s) = conns.next().await {
         // SAFETY: the fd comes from an owned std stream that gives it up.
         let stream = unsafe { TcpStream::from_raw_fd(s.into_raw_fd()) };
-        glommio::spawn_local(serve_connection(stream, routes.clone())).detach();
+        glommio::spawn_local(serve_connection(stream, front.clone())).detach();
     }
 }
 
 /// One client connection: gRPC over HTTP/2, HTTP/1.1 for the rest.
-async fn serve_connection(stream: TcpStream, routes: crate::v3rpc::LearnerGuard) {
-    let svc = hyper_util::service::TowerToHyperService::new(routes);
+async fn serve_connection(stream: TcpStream, front: crate::v3rpc::Front) {
+    let svc = hyper_util::service::TowerToHyperService::new(front);
     let conn = hyper_util::server::conn::auto::Builder::new(LocalExec);
     if let Err(e) = conn.serve_connection(HyperIo::new(stream), svc).await {
         tracing::debug!(error = %e, "client connection ended");

@@ -92,6 +92,55 @@ fn malformed_and_oversized_messages_get_errors_and_the_server_stays_up() {
     assert!(ok(&ep, &["get", "alive"]).contains("yes"));
 }
 
+/// KV calls with odd bodies, on ironcd (served on the raft core and
+/// forwarded from a client executor) and on etcd: the same gRPC status
+/// codes, and the same data afterwards. ironcd's KV front decodes the usual
+/// body itself and hands every odd one to tonic (`docs/server.md`, "The KV
+/// front"); this pins both paths to etcd's codes.
+#[test]
+fn raw_kv_calls_get_etcds_status_codes() {
+    let put = |key: &[u8], value: &[u8]| {
+        let mut m = vec![0x0a, key.len() as u8];
+        m.extend_from_slice(key);
+        m.extend_from_slice(&[0x12, value.len() as u8]);
+        m.extend_from_slice(value);
+        frame(m.len() as u32, &m)
+    };
+    let mut compressed = put(b"c", b"v");
+    compressed[0] = 1;
+    let two = [put(b"t", b"1"), put(b"t", b"2")].concat();
+    let range = {
+        let m = [0x0a, 0x01, b'k'];
+        frame(3, &m)
+    };
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("a put", "etcdserverpb.KV/Put", put(b"k", b"v")),
+        ("a range", "etcdserverpb.KV/Range", range),
+        ("two messages", "etcdserverpb.KV/Put", two),
+        ("a compressed flag with no grpc-encoding", "etcdserverpb.KV/Put", compressed),
+        ("an empty body", "etcdserverpb.KV/Put", Vec::new()),
+        ("half a length prefix", "etcdserverpb.KV/Put", vec![0, 0, 0]),
+        ("a frame shorter than its length", "etcdserverpb.KV/Range", frame(1000, b"\x0a\x01a")),
+        ("an empty key", "etcdserverpb.KV/Put", put(b"", b"v")),
+    ];
+    let run = |srv: &Server| -> Vec<String> {
+        let ep = srv.endpoint();
+        let mut got: Vec<String> =
+            cases.iter().map(|(what, method, body)| format!("{what}: {}", raw_grpc(&ep, method, body).0)).collect();
+        for key in ["k", "c", "t"] {
+            got.push(format!("get {key}: {}", ok(&ep, &["get", key]).trim()));
+        }
+        got
+    };
+    let dirs = [Scratch::new("raw-kv-ironcd"), Scratch::new("raw-kv-fwd"), Scratch::new("raw-kv-etcd")];
+    let etcd = run(&Server::etcd(dirs[2].path()));
+    let ironcd = run(&Server::ironcd(dirs[0].path()));
+    let forwarded = run(&Server::ironcd_forwarding(dirs[1].path()));
+    assert!(etcd[0].ends_with(": 0") && etcd[1].ends_with(": 0"), "etcd: {etcd:#?}");
+    assert_eq!(ironcd, etcd, "ironcd (raft core) against etcd");
+    assert_eq!(forwarded, etcd, "ironcd (forwarded) against etcd");
+}
+
 #[test]
 fn invalid_requests_through_a_client_library() {
     let dir = Scratch::new("bad-client");

@@ -4,6 +4,7 @@
 //! executors forward every call to the raft core ([`remote`]).
 
 mod cluster_service;
+pub mod front;
 mod kv_service;
 mod lease_service;
 mod maintenance_service;
@@ -32,6 +33,7 @@ use crate::pb::v3lockpb::lock_server::{Lock, LockServer};
 use crate::watch::WatchHub;
 
 pub use cluster_service::ClusterService;
+pub use front::{Front, KvCalls};
 pub use kv_service::KvService;
 pub use lease_service::LeaseService;
 pub use maintenance_service::MaintenanceService;
@@ -53,6 +55,11 @@ pub const GRPC_OVERHEAD: usize = 512 * 1024;
 /// (`--max-request-bytes` + [`GRPC_OVERHEAD`]) so the handlers can answer
 /// with grpc-go's own code and text (`EtcdServer::check_size`).
 const KV_DECODE_LIMIT: usize = 64 << 20;
+
+/// The largest KV message decoded, for `--max-request-bytes`.
+pub fn kv_decode_limit(max_request_bytes: u32) -> usize {
+    KV_DECODE_LIMIT.max(max_request_bytes as usize + GRPC_OVERHEAD)
+}
 
 /// The services that run on the raft core, for its own connections and for
 /// the calls client executors forward ([`remote`]).
@@ -87,7 +94,7 @@ fn router<K: Kv, W: Watch, L: Lease, C: Cluster, M: Maintenance>(
     maintenance: M,
 ) -> Routes {
     let max = max_request_bytes as usize + GRPC_OVERHEAD;
-    Routes::new(KvServer::new(kv).max_decoding_message_size(KV_DECODE_LIMIT.max(max)))
+    Routes::new(KvServer::new(kv).max_decoding_message_size(kv_decode_limit(max_request_bytes)))
         .add_service(WatchServer::new(watch).max_decoding_message_size(max))
         .add_service(LeaseServer::new(lease))
         .add_service(ClusterServer::new(cluster))

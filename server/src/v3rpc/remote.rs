@@ -142,9 +142,19 @@ macro_rules! forward {
 
 /// KV calls skip tonic's service layer on the raft core: only the message
 /// and the `hasleader` flag cross, and only the answer comes back (no
-/// metadata maps allocated on one thread and freed on the other).
+/// metadata maps allocated on one thread and freed on the other). The
+/// connection front ([`super::front`]) calls the `kv_*` methods straight.
 macro_rules! forward_kv {
-    ($($method:ident($req:ty) -> $resp:ty;)*) => {
+    ($($method:ident, $inherent:ident($req:ty) -> $resp:ty;)*) => {
+        impl Remote {
+            $(
+                pub async fn $inherent(&self, wants: bool, r: $req) -> Result<$resp, Status> {
+                    self.call(move |l: Rc<Local>| async move { l.kv.server().$method(wants, r).await })
+                        .await
+                }
+            )*
+        }
+
         #[tonic::async_trait]
         impl Kv for Remote {
             $(
@@ -152,10 +162,7 @@ macro_rules! forward_kv {
                     let (md, _, r) = req.into_parts();
                     let wants = wants_leader(&md);
                     drop(md);
-                    let resp = self
-                        .call(move |l: Rc<Local>| async move { l.kv.server().$method(wants, r).await })
-                        .await?;
-                    Ok(Response::new(resp))
+                    Ok(Response::new(self.$inherent(wants, r).await?))
                 }
             )*
         }
@@ -163,11 +170,11 @@ macro_rules! forward_kv {
 }
 
 forward_kv! {
-    range(pb::RangeRequest) -> pb::RangeResponse;
-    put(pb::PutRequest) -> pb::PutResponse;
-    delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
-    txn(pb::TxnRequest) -> pb::TxnResponse;
-    compact(pb::CompactionRequest) -> pb::CompactionResponse;
+    range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
+    put, kv_put(pb::PutRequest) -> pb::PutResponse;
+    delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
+    txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
+    compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
 }
 
 forward!(Watch, watch, []

@@ -1,0 +1,397 @@
+//! The front of every client connection: KV's unary calls straight to their
+//! handlers, everything else through tonic's router.
+//!
+//! tonic's router costs more than the KV handlers themselves on a small put:
+//! path parameters stored in request extensions, the bodies boxed three
+//! times, a decoder stream and an encoder stream per call, the trailers built
+//! from a `Status`: about 20 allocations per call (`docs/server.md`, "The KV
+//! front"). A KV call here takes the request body (one DATA frame from every
+//! client we know), decodes the one message, runs the same handler a tonic
+//! call runs, and answers with the same frames tonic sends: HEADERS
+//! (`content-type: application/grpc`), DATA, HEADERS (`grpc-status: 0`), or
+//! a trailers-only answer for an error (tonic's own `Status::into_http`).
+//!
+//! A body with less than one message gets grpc-go's answer (`Unknown`,
+//! "EOF" or "unexpected EOF"), as from etcd. Anything else unusual goes to
+//! tonic with the bytes already read put back in front of the rest of the
+//! body, so it answers exactly as it always did: a learner member, a
+//! compressed message, a message over the decode limit, more than one
+//! message, trailers from the client, a body that fails, a message that
+//! does not decode.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method as HttpMethod, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prost::Message;
+use tonic::codegen::Service;
+use tonic::Status;
+
+use super::remote::Remote;
+use super::LearnerGuard;
+use crate::etcd_server::{wants_leader_in, EtcdServer};
+use crate::pb::etcdserverpb as pb;
+
+/// Where KV calls run: on this executor (the raft core), or forwarded to
+/// the raft core from a client executor.
+#[derive(Clone)]
+pub enum KvCalls {
+    Local(Rc<EtcdServer>),
+    Remote(Remote),
+}
+
+/// The service hyper runs for each client connection.
+#[derive(Clone)]
+pub struct Front {
+    pub kv: KvCalls,
+    pub routes: LearnerGuard,
+    /// The largest KV message decoded here; larger ones go to tonic, whose
+    /// limit is the same.
+    pub decode_limit: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Range,
+    Put,
+    DeleteRange,
+    Txn,
+    Compact,
+}
+
+fn kv_call(req: &Request<Incoming>) -> Option<Call> {
+    if req.method() != HttpMethod::POST {
+        return None;
+    }
+    Some(match req.uri().path() {
+        "/etcdserverpb.KV/Range" => Call::Range,
+        "/etcdserverpb.KV/Put" => Call::Put,
+        "/etcdserverpb.KV/DeleteRange" => Call::DeleteRange,
+        "/etcdserverpb.KV/Txn" => Call::Txn,
+        "/etcdserverpb.KV/Compact" => Call::Compact,
+        _ => return None,
+    })
+}
+
+type Answer = Result<Response<Out>, Infallible>;
+
+impl Service<Request<Incoming>> for Front {
+    type Response = Response<Out>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Answer>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<Incoming>>::poll_ready(&mut self.routes, cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        match kv_call(&req) {
+            Some(call) => Box::pin(kv(self.clone(), call, req)),
+            None => Box::pin(via_tonic(self.routes.clone(), req)),
+        }
+    }
+}
+
+async fn via_tonic<B>(mut routes: LearnerGuard, req: Request<B>) -> Answer
+where
+    LearnerGuard: Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible>,
+{
+    Ok(routes.call(req).await?.map(Out::Tonic))
+}
+
+/// What may be compressed: tonic answers a request that names an encoding
+/// other than `identity` itself.
+fn compressed(headers: &HeaderMap) -> bool {
+    headers.get("grpc-encoding").is_some_and(|v| v != "identity")
+}
+
+async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
+    if front.routes.learner.load(Ordering::Relaxed) || compressed(req.headers()) {
+        return via_tonic(front.routes, req).await;
+    }
+    let (parts, mut body) = req.into_parts();
+    let limit = front.decode_limit.saturating_add(5);
+    let mut read = Read::None;
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let rest = Replay { head: read.take(), held: Some(Err(e)), rest: body };
+                return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                read.push(data);
+                if read.len() > limit {
+                    let rest = Replay { head: read.take(), held: None, rest: body };
+                    return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+                }
+            }
+            Err(frame) => {
+                let rest = Replay { head: read.take(), held: Some(Ok(frame)), rest: body };
+                return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+            }
+        }
+    }
+    let bytes = read.take().unwrap_or_default();
+    let msg = match one_message(&bytes, front.decode_limit) {
+        Whole::One(msg) => msg,
+        Whole::Short(status) => return Ok(status.into_http()),
+        Whole::Other => {
+            let rest = Replay { head: Some(bytes), held: None, rest: body };
+            return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+        }
+    };
+    let wants = wants_leader_in(&parts.headers);
+    macro_rules! run {
+        ($req:ty, $method:ident) => {
+            match <$req>::decode(msg) {
+                Ok(r) => Ok(answer(front.kv.$method(wants, r).await)),
+                Err(_) => {
+                    let rest = Replay { head: Some(bytes), held: None, rest: body };
+                    via_tonic(front.routes, Request::from_parts(parts, rest)).await
+                }
+            }
+        };
+    }
+    match call {
+        Call::Range => run!(pb::RangeRequest, range),
+        Call::Put => run!(pb::PutRequest, put),
+        Call::DeleteRange => run!(pb::DeleteRangeRequest, delete_range),
+        Call::Txn => run!(pb::TxnRequest, txn),
+        Call::Compact => run!(pb::CompactionRequest, compact),
+    }
+}
+
+/// What a whole request body holds.
+enum Whole {
+    /// Exactly one uncompressed message, within the decode limit. A slice
+    /// of the body, not a copy: prost then copies each `bytes` field once,
+    /// where from a `&[u8]` it copies it twice.
+    One(Bytes),
+    /// Less than one message: grpc-go's answer (tonic's differs).
+    Short(Status),
+    /// Anything else, for tonic.
+    Other,
+}
+
+fn one_message(bytes: &Bytes, limit: usize) -> Whole {
+    if bytes.is_empty() {
+        return Whole::Short(Status::unknown("EOF"));
+    }
+    let Some(prefix) = bytes.get(..5) else {
+        return Whole::Short(Status::unknown("unexpected EOF"));
+    };
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if prefix[0] != 0 || len > limit {
+        return Whole::Other;
+    }
+    match (bytes.len() - 5).cmp(&len) {
+        std::cmp::Ordering::Less => Whole::Short(Status::unknown("unexpected EOF")),
+        std::cmp::Ordering::Equal => Whole::One(bytes.slice(5..)),
+        std::cmp::Ordering::Greater => Whole::Other,
+    }
+}
+
+fn answer<M: Message>(res: Result<M, Status>) -> Response<Out> {
+    let msg = match res {
+        Ok(msg) => msg,
+        Err(status) => return status.into_http(),
+    };
+    let len = msg.encoded_len();
+    let Ok(len32) = u32::try_from(len) else {
+        return Status::resource_exhausted(format!("response of {len} bytes is over gRPC's 4 GiB")).into_http();
+    };
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len32);
+    // Cannot fail: the buffer has room for the whole message.
+    let _ = msg.encode(&mut buf);
+    let mut resp = Response::new(Out::Unary { data: Some(buf.freeze()), trailers: true });
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    resp
+}
+
+/// The body read so far, kept without a copy while it is one DATA frame.
+enum Read {
+    None,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Read {
+    fn push(&mut self, data: Bytes) {
+        *self = match std::mem::replace(self, Read::None) {
+            Read::None => Read::One(data),
+            Read::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + data.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&data);
+                Read::Many(all)
+            }
+            Read::Many(mut all) => {
+                all.extend_from_slice(&data);
+                Read::Many(all)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Read::None => 0,
+            Read::One(b) => b.len(),
+            Read::Many(b) => b.len(),
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        match std::mem::replace(self, Read::None) {
+            Read::None => None,
+            Read::One(b) => Some(b),
+            Read::Many(b) => Some(b.freeze()),
+        }
+    }
+}
+
+/// A request body for tonic: what the front already read, then the rest.
+pub struct Replay {
+    head: Option<Bytes>,
+    held: Option<Result<Frame<Bytes>, hyper::Error>>,
+    rest: Incoming,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(Some(held));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.held.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// A response body: a KV answer (one message, then `grpc-status: 0`), or
+/// tonic's.
+pub enum Out {
+    Unary { data: Option<Bytes>, trailers: bool },
+    /// Trailers-only answers (errors): everything is in the headers.
+    Empty,
+    Tonic(tonic::body::Body),
+}
+
+impl Default for Out {
+    fn default() -> Self {
+        Out::Empty
+    }
+}
+
+impl Body for Out {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.get_mut() {
+            Out::Unary { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if std::mem::take(trailers) {
+                    let mut map = HeaderMap::with_capacity(1);
+                    map.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
+                    return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                }
+                Poll::Ready(None)
+            }
+            Out::Empty => Poll::Ready(None),
+            Out::Tonic(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Out::Unary { data, trailers } => data.is_none() && !trailers,
+            Out::Empty => true,
+            Out::Tonic(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            // Like tonic's: no length announced for gRPC answers.
+            Out::Unary { .. } => SizeHint::default(),
+            Out::Empty => SizeHint::with_exact(0),
+            Out::Tonic(body) => body.size_hint(),
+        }
+    }
+}
+
+impl KvCalls {
+    async fn range(&self, wants: bool, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        match self {
+            KvCalls::Local(srv) => srv.range(wants, r).await,
+            KvCalls::Remote(remote) => remote.kv_range(wants, r).await,
+        }
+    }
+
+    async fn put(&self, wants: bool, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        match self {
+            KvCalls::Local(srv) => srv.put(wants, r).await,
+            KvCalls::Remote(remote) => remote.kv_put(wants, r).await,
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        wants: bool,
+        r: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, Status> {
+        match self {
+            KvCalls::Local(srv) => srv.delete_range(wants, r).await,
+            KvCalls::Remote(remote) => remote.kv_delete_range(wants, r).await,
+        }
+    }
+
+    async fn txn(&self, wants: bool, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        match self {
+            KvCalls::Local(srv) => srv.txn(wants, r).await,
+            KvCalls::Remote(remote) => remote.kv_txn(wants, r).await,
+        }
+    }
+
+    async fn compact(
+        &self,
+        wants: bool,
+        r: pb::CompactionRequest,
+    ) -> Result<pb::CompactionResponse, Status> {
+        match self {
+            KvCalls::Local(srv) => srv.compact(wants, r).await,
+            KvCalls::Remote(remote) => remote.kv_compact(wants, r).await,
+        }
+    }
+}
