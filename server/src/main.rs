@@ -3,6 +3,7 @@
 //! executor. Threading and data flow: `docs/server.md`.
 
 mod alarm;
+mod allocator;
 mod auto_compact;
 mod config;
 mod convert;
@@ -18,6 +19,10 @@ mod state_machine;
 mod transport;
 mod v3rpc;
 mod watch;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -340,6 +345,7 @@ fn run(cfg: Config) -> Result<(), String> {
                     },
                     decode_limit: v3rpc::kv_decode_limit(max_request_bytes),
                 };
+                glommio::spawn_local(allocator::collect_forever()).detach();
                 transport::serve_handed(conn_rx, front).await
             })
             .map_err(|e| format!("starting client executor {i}: {e}"))?;
@@ -582,6 +588,10 @@ async fn serve_member(
         })
         .detach();
     }
+    // Recovery (WAL replay, the store's first reads) is done: give what it
+    // freed back, and keep doing so.
+    allocator::collect(true);
+    glommio::spawn_local(allocator::collect_forever()).detach();
     tracing::info!("ready to serve client requests");
     let mut removed = false;
     while !stop.load(Ordering::Relaxed) {
