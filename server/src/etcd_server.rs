@@ -10,7 +10,7 @@ use std::time::Duration;
 use ironcd_engine::btree::{Db, Snapshot, PAGE_SIZE};
 use ironcd_engine::mvcc::{KvReader, KvStore};
 use ironcd_raft_net::peer::{CallError, Peers};
-use ironcd_raft_net::{Raft, Request};
+use ironcd_raft_net::{runtime, Raft, Request};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use openraft::async_runtime::WatchReceiver;
@@ -270,7 +270,7 @@ impl EtcdServer {
         };
         self.check_size(msg.encoded_len())?;
         let bytes = Bytes::from(msg.encode_to_vec());
-        match glommio::timer::timeout(self.request_timeout(), async { Ok(self.propose_bytes(id, bytes).await) }).await {
+        match runtime::timeout(self.request_timeout(), self.propose_bytes(id, bytes)).await {
             Err(_) => Err(error::timeout()),
             Ok(r) => r,
         }
@@ -281,7 +281,10 @@ impl EtcdServer {
         loop {
             let leader = self.wait_leader(deadline).await?;
             if leader != self.member_id {
-                match self.forward(leader, id, &bytes).await {
+                // Boxed: the peer call's future is large and a leader never
+                // runs it; unboxed, every proposal's future carried it
+                // (docs/server.md, "Future sizes").
+                match Box::pin(self.forward(leader, id, &bytes)).await {
                     // Not sent (the leader is down or unknown): wait for
                     // the next leader, like a proposal on a leaderless member.
                     Err(None) => {
@@ -337,16 +340,21 @@ impl EtcdServer {
     pub async fn linearize(&self) -> Result<(), Status> {
         let fut = async {
             let index = self.read_index().await?;
-            if index > 0 {
-                self.raft
-                    .wait(Some(self.request_timeout()))
-                    .applied_index_at_least(Some(index), "linearizable read")
-                    .await
-                    .map_err(|_| error::timeout())?;
+            let applied = self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index);
+            if index > applied {
+                // Boxed, and only when the apply lags: openraft's wait
+                // future is large (docs/server.md, "Future sizes").
+                Box::pin(
+                    self.raft
+                        .wait(Some(self.request_timeout()))
+                        .applied_index_at_least(Some(index), "linearizable read"),
+                )
+                .await
+                .map_err(|_| error::timeout())?;
             }
             Ok::<(), Status>(())
         };
-        match glommio::timer::timeout(self.request_timeout(), async { Ok(fut.await) }).await {
+        match runtime::timeout(self.request_timeout(), fut).await {
             Ok(r) => r,
             Err(_) => Err(error::timeout()),
         }

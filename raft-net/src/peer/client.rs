@@ -331,7 +331,7 @@ impl Peers {
             }
             rx.await.map_err(|_| CallError::Unreachable(to, "connection closed before the answer".into()))
         };
-        let res = glommio::timer::timeout(timeout, async { Ok(fut.await) }).await;
+        let res = crate::runtime::timeout(timeout, fut).await;
         let f = match res {
             Ok(r) => r,
             Err(_) => {
@@ -379,5 +379,5 @@ pub async fn call_once(cfg: &PeerConfig, urls: &[String], ty: u8, payload: &[u8]
             _ => Err(CallError::Remote(String::from_utf8_lossy(&f.payload).into_owned())),
         }
     };
-    glommio::timer::timeout(timeout, async { Ok(fut.await) }).await.unwrap_or(Err(CallError::Timeout(0, timeout)))
+    crate::runtime::timeout(timeout, fut).await.unwrap_or(Err(CallError::Timeout(0, timeout)))
 }

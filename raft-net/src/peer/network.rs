@@ -273,7 +273,7 @@ where
                 // Nothing in flight: the next frame can only follow a write.
                 pings.next().await?;
             }
-            let frame = glommio::timer::timeout(ttl, async { Ok(wire::read_frame(&mut r).await) }).await;
+            let frame = crate::runtime::timeout(ttl, wire::read_frame(&mut r)).await;
             let item = match frame {
                 Err(_) => Err(RPCError::Network(NetworkError::from_string("append stream: no answer in time"))),
                 Ok(Err(e)) => Err(RPCError::Unreachable(Unreachable::from_string(format!("append stream: {e}")))),
