@@ -337,14 +337,14 @@ fn run(cfg: Config) -> Result<(), String> {
         LocalExecutorBuilder::new(placement(i))
             .name(&format!("ironcd-client-{i}"))
             .spawn(move || async move {
-                let front = v3rpc::Front {
-                    kv: v3rpc::KvCalls::Remote(remote.clone()),
-                    routes: v3rpc::LearnerGuard {
+                let front = v3rpc::Front::new(
+                    v3rpc::KvCalls::Remote(remote.clone()),
+                    v3rpc::LearnerGuard {
                         routes: v3rpc::remote_routes(remote, max_request_bytes),
                         learner,
                     },
-                    decode_limit: v3rpc::kv_decode_limit(max_request_bytes),
-                };
+                    v3rpc::kv_decode_limit(max_request_bytes),
+                );
                 glommio::spawn_local(allocator::collect_forever()).detach();
                 transport::serve_handed(conn_rx, front).await
             })
@@ -568,14 +568,14 @@ async fn serve_member(
     learner.store(srv.is_learner(), Ordering::Relaxed);
     let local = v3rpc::local_services(srv.clone(), hub.clone());
     glommio::spawn_local(v3rpc::remote::run_jobs(local.clone(), clients.jobs)).detach();
-    let front = v3rpc::Front {
-        kv: v3rpc::KvCalls::Local(srv.clone()),
-        routes: v3rpc::LearnerGuard {
+    let front = v3rpc::Front::new(
+        v3rpc::KvCalls::Local(srv.clone()),
+        v3rpc::LearnerGuard {
             routes: v3rpc::routes(&local, srv.cfg.max_request_bytes),
             learner: learner.clone(),
         },
-        decode_limit: v3rpc::kv_decode_limit(srv.cfg.max_request_bytes),
-    };
+        v3rpc::kv_decode_limit(srv.cfg.max_request_bytes),
+    );
     let handoff = Rc::new(transport::Handoff::new(srv.cfg.raft_core_conns, clients.handoff));
     for (url, l) in listeners {
         tracing::info!(address = %url, "serving client traffic insecurely; this is strongly discouraged!");

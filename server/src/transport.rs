@@ -205,9 +205,8 @@ pub async fn serve_handed(
 
 /// One client connection: gRPC over HTTP/2, HTTP/1.1 for the rest.
 async fn serve_connection(stream: TcpStream, front: crate::v3rpc::Front) {
-    let svc = hyper_util::service::TowerToHyperService::new(front);
     let conn = hyper_util::server::conn::auto::Builder::new(LocalExec);
-    if let Err(e) = conn.serve_connection(HyperIo::new(stream), svc).await {
+    if let Err(e) = conn.serve_connection(HyperIo::new(stream), front).await {
         tracing::debug!(error = %e, "client connection ended");
     }
 }

@@ -48,14 +48,24 @@ pub enum KvCalls {
     Remote(Remote),
 }
 
-/// The service hyper runs for each client connection.
+/// The service hyper runs for each client connection: a hyper service
+/// (called by reference), so a call costs one reference count, not a clone
+/// of the router.
 #[derive(Clone)]
-pub struct Front {
+pub struct Front(Rc<Parts>);
+
+pub struct Parts {
     pub kv: KvCalls,
     pub routes: LearnerGuard,
     /// The largest KV message decoded here; larger ones go to tonic, whose
     /// limit is the same.
     pub decode_limit: usize,
+}
+
+impl Front {
+    pub fn new(kv: KvCalls, routes: LearnerGuard, decode_limit: usize) -> Front {
+        Front(Rc::new(Parts { kv, routes, decode_limit }))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -83,19 +93,15 @@ fn kv_call(req: &Request<Incoming>) -> Option<Call> {
 
 type Answer = Result<Response<Out>, Infallible>;
 
-impl Service<Request<Incoming>> for Front {
+impl hyper::service::Service<Request<Incoming>> for Front {
     type Response = Response<Out>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Answer>>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request<Incoming>>::poll_ready(&mut self.routes, cx)
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         match kv_call(&req) {
-            Some(call) => Box::pin(kv(self.clone(), call, req)),
-            None => Box::pin(via_tonic(self.routes.clone(), req)),
+            Some(call) => Box::pin(kv(self.0.clone(), call, req)),
+            None => Box::pin(via_tonic(self.0.routes.clone(), req)),
         }
     }
 }
@@ -113,9 +119,9 @@ fn compressed(headers: &HeaderMap) -> bool {
     headers.get("grpc-encoding").is_some_and(|v| v != "identity")
 }
 
-async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
+async fn kv(front: Rc<Parts>, call: Call, req: Request<Incoming>) -> Answer {
     if front.routes.learner.load(Ordering::Relaxed) || compressed(req.headers()) {
-        return via_tonic(front.routes, req).await;
+        return via_tonic(front.routes.clone(), req).await;
     }
     let (parts, mut body) = req.into_parts();
     let limit = front.decode_limit.saturating_add(5);
@@ -126,7 +132,7 @@ async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
                 let rest = Replay { head: read.take(), held: Some(Err(e)), rest: body };
-                return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+                return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
             }
         };
         match frame.into_data() {
@@ -134,12 +140,12 @@ async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
                 read.push(data);
                 if read.len() > limit {
                     let rest = Replay { head: read.take(), held: None, rest: body };
-                    return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+                    return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
                 }
             }
             Err(frame) => {
                 let rest = Replay { head: read.take(), held: Some(Ok(frame)), rest: body };
-                return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+                return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
             }
         }
     }
@@ -149,7 +155,7 @@ async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
         Whole::Short(status) => return Ok(status.into_http()),
         Whole::Other => {
             let rest = Replay { head: Some(bytes), held: None, rest: body };
-            return via_tonic(front.routes, Request::from_parts(parts, rest)).await;
+            return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
         }
     };
     let wants = wants_leader_in(&parts.headers);
@@ -159,7 +165,7 @@ async fn kv(front: Front, call: Call, req: Request<Incoming>) -> Answer {
                 Ok(r) => Ok(answer(front.kv.$method(wants, r).await)),
                 Err(_) => {
                     let rest = Replay { head: Some(bytes), held: None, rest: body };
-                    via_tonic(front.routes, Request::from_parts(parts, rest)).await
+                    via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await
                 }
             }
         };
