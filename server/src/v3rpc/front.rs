@@ -357,47 +357,26 @@ impl Body for Out {
     }
 }
 
-impl KvCalls {
-    async fn range(&self, wants: bool, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        match self {
-            KvCalls::Local(srv) => srv.range(wants, r).await,
-            KvCalls::Remote(remote) => remote.kv_range(wants, r).await,
+/// The KV handlers, on the raft core or forwarded to it.
+macro_rules! kv_calls {
+    ($($method:ident, $remote:ident($req:ty) -> $resp:ty;)*) => {
+        impl KvCalls {
+            $(
+                async fn $method(&self, wants: bool, r: $req) -> Result<$resp, Status> {
+                    match self {
+                        KvCalls::Local(srv) => srv.$method(wants, r).await,
+                        KvCalls::Remote(remote) => remote.$remote(wants, r).await,
+                    }
+                }
+            )*
         }
-    }
+    };
+}
 
-    async fn put(&self, wants: bool, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
-        match self {
-            KvCalls::Local(srv) => srv.put(wants, r).await,
-            KvCalls::Remote(remote) => remote.kv_put(wants, r).await,
-        }
-    }
-
-    async fn delete_range(
-        &self,
-        wants: bool,
-        r: pb::DeleteRangeRequest,
-    ) -> Result<pb::DeleteRangeResponse, Status> {
-        match self {
-            KvCalls::Local(srv) => srv.delete_range(wants, r).await,
-            KvCalls::Remote(remote) => remote.kv_delete_range(wants, r).await,
-        }
-    }
-
-    async fn txn(&self, wants: bool, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
-        match self {
-            KvCalls::Local(srv) => srv.txn(wants, r).await,
-            KvCalls::Remote(remote) => remote.kv_txn(wants, r).await,
-        }
-    }
-
-    async fn compact(
-        &self,
-        wants: bool,
-        r: pb::CompactionRequest,
-    ) -> Result<pb::CompactionResponse, Status> {
-        match self {
-            KvCalls::Local(srv) => srv.compact(wants, r).await,
-            KvCalls::Remote(remote) => remote.kv_compact(wants, r).await,
-        }
-    }
+kv_calls! {
+    range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
+    put, kv_put(pb::PutRequest) -> pb::PutResponse;
+    delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
+    txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
+    compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
 }
