@@ -373,10 +373,4 @@ macro_rules! kv_calls {
     };
 }
 
-kv_calls! {
-    range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
-    put, kv_put(pb::PutRequest) -> pb::PutResponse;
-    delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
-    txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
-    compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
-}
+with_kv_calls!(kv_calls);

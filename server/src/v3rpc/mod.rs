@@ -3,6 +3,21 @@
 //! Auth, Lock and Election entirely; see each service. Connections on client
 //! executors forward every call to the raft core ([`remote`]).
 
+/// Calls `$m!` with KV's unary calls, one per line: tonic's method,
+/// `Remote`'s method, request, answer (the front and the forwarding both
+/// generate code from this one list).
+macro_rules! with_kv_calls {
+    ($m:ident) => {
+        $m! {
+            range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
+            put, kv_put(pb::PutRequest) -> pb::PutResponse;
+            delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
+            txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
+            compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
+        }
+    };
+}
+
 mod cluster_service;
 pub mod front;
 mod kv_service;

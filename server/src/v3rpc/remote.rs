@@ -169,13 +169,7 @@ macro_rules! forward_kv {
     };
 }
 
-forward_kv! {
-    range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
-    put, kv_put(pb::PutRequest) -> pb::PutResponse;
-    delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
-    txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
-    compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
-}
+with_kv_calls!(forward_kv);
 
 forward!(Watch, watch, []
     async fn watch(
