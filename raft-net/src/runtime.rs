@@ -258,6 +258,106 @@ pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
     Timeout { future, sleep: Sleep::until(Instant::now() + duration) }
 }
 
+// ---------------------------------------------------------------- shared deadlines
+
+/// Deadlines of one duration for many futures (a server's request
+/// timeout), shared at a coarse grain. Futures that start within the same
+/// `grain` share a bucket; one glommio timer per bucket fires it, between 0
+/// and `grain` after each future's own deadline (never before). A future
+/// joins and leaves its bucket with a slab insert and remove, where a timer
+/// of its own costs an allocation and an insert into and a removal from the
+/// reactor's timer map (docs/server.md, "Future sizes").
+///
+/// Must be used on a glommio executor (the bucket's timer is a task).
+pub struct Deadlines {
+    duration: Duration,
+    grain: Duration,
+    current: RefCell<Option<Rc<Bucket>>>,
+}
+
+struct Bucket {
+    opened: Instant,
+    fired: Cell<bool>,
+    wakers: RefCell<slab::Slab<Waker>>,
+}
+
+impl Deadlines {
+    pub fn new(duration: Duration, grain: Duration) -> Deadlines {
+        Deadlines { duration, grain, current: RefCell::new(None) }
+    }
+
+    /// `future`, failing with [`Elapsed`] once the deadline has passed.
+    pub fn bound<F: Future>(&self, future: F) -> Bounded<F> {
+        let now = Instant::now();
+        let mut current = self.current.borrow_mut();
+        let bucket = match &*current {
+            Some(b) if now < b.opened + self.grain => b.clone(),
+            _ => {
+                let b = Rc::new(Bucket { opened: now, fired: Cell::new(false), wakers: RefCell::default() });
+                let fire = b.clone();
+                let after = self.duration + self.grain;
+                glommio::spawn_local(async move {
+                    glommio::timer::sleep(after).await;
+                    fire.fired.set(true);
+                    for (_, w) in fire.wakers.borrow().iter() {
+                        w.wake_by_ref();
+                    }
+                })
+                .detach();
+                *current = Some(b.clone());
+                b
+            }
+        };
+        Bounded { future, slot: Slot { bucket, key: None } }
+    }
+}
+
+/// A future's place in its bucket; leaves it when dropped.
+struct Slot {
+    bucket: Rc<Bucket>,
+    key: Option<usize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.bucket.wakers.borrow_mut().try_remove(k);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future bounded by a shared deadline ([`Deadlines::bound`]); the
+    /// inner future is polled first, so one that is ready wins.
+    pub struct Bounded<F> {
+        #[pin]
+        future: F,
+        slot: Slot,
+    }
+}
+
+impl<F: Future> Future for Bounded<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let slot = this.slot;
+        if slot.bucket.fired.get() {
+            return Poll::Ready(Err(Elapsed));
+        }
+        let mut wakers = slot.bucket.wakers.borrow_mut();
+        match slot.key.and_then(|k| wakers.get_mut(k)) {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            Some(w) => w.clone_from(cx.waker()),
+            None => slot.key = Some(wakers.insert(cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
 // ---------------------------------------------------------------- wakers
 
 /// Wakers of tasks waiting on a channel. Everyone is woken on a change and

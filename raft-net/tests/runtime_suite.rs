@@ -37,3 +37,39 @@ fn panics_are_join_errors() {
         assert!(err.to_string().contains("boom"));
     });
 }
+
+/// Shared deadlines: a ready future wins, a pending one fails with
+/// `Elapsed` but never before its own deadline, futures that share a
+/// bucket each get their own outcome, and a dropped one leaves its bucket
+/// without disturbing the others.
+#[test]
+fn shared_deadlines() {
+    use ironcd_raft_net::runtime::{Deadlines, Elapsed};
+    use openraft_rt::AsyncRuntime;
+    use std::time::{Duration, Instant};
+    let mut rt = GlommioRuntime::new(1);
+    rt.block_on(async {
+        let d = Deadlines::new(Duration::from_millis(40), Duration::from_millis(20));
+        assert_eq!(d.bound(async { 1 }).await, Ok(1));
+
+        let start = Instant::now();
+        let never = d.bound(std::future::pending::<()>());
+        let soon = d.bound(async {
+            GlommioRuntime::sleep(Duration::from_millis(5)).await;
+            2
+        });
+        let mut dropped = Box::pin(d.bound(std::future::pending::<()>()));
+        assert!(futures_util::poll!(dropped.as_mut()).is_pending(), "joined its bucket");
+        let (never, soon) = futures_util::future::join(never, async {
+            drop(dropped);
+            soon.await
+        })
+        .await;
+        assert_eq!(soon, Ok(2));
+        assert_eq!(never, Err(Elapsed));
+        assert!(start.elapsed() >= Duration::from_millis(40), "a deadline fired early");
+
+        // A later bucket works the same.
+        assert_eq!(d.bound(std::future::pending::<()>()).await, Err(Elapsed));
+    });
+}

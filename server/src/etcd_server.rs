@@ -71,6 +71,19 @@ pub struct EtcdServer {
     reads: RefCell<Vec<oneshot::Sender<Result<u64, Status>>>>,
     reading: Cell<bool>,
     me: RefCell<Weak<EtcdServer>>,
+    /// The request timeout of proposals and linearizable reads, shared at
+    /// a grain of [`DEADLINE_GRAIN`].
+    deadlines: runtime::Deadlines,
+}
+
+/// How late a request may time out, at most, past its request timeout:
+/// requests that start within this much of each other share one timer.
+const DEADLINE_GRAIN: Duration = Duration::from_millis(100);
+
+/// etcd's request timeout for an election timeout in ms: 5 s plus two
+/// election timeouts.
+fn request_timeout(election_timeout_ms: u64) -> Duration {
+    Duration::from_millis(5000 + 2 * election_timeout_ms)
 }
 
 /// Removes a forwarded proposal's waiter however the wait ends.
@@ -105,7 +118,6 @@ impl EtcdServer {
             kv,
             member_id,
             cluster_id,
-            cfg,
             lessor,
             next_id: Cell::new(first),
             space_in_use: Cell::new(0),
@@ -114,6 +126,8 @@ impl EtcdServer {
             reads: RefCell::default(),
             reading: Cell::new(false),
             me: RefCell::default(),
+            deadlines: runtime::Deadlines::new(request_timeout(cfg.election_timeout), DEADLINE_GRAIN),
+            cfg,
         }
     }
 
@@ -172,7 +186,7 @@ impl EtcdServer {
 
     /// etcd's request timeout: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(5000 + 2 * self.cfg.election_timeout)
+        request_timeout(self.cfg.election_timeout)
     }
 
     pub fn header_info(&self) -> HeaderInfo {
@@ -270,7 +284,7 @@ impl EtcdServer {
         };
         self.check_size(msg.encoded_len())?;
         let bytes = Bytes::from(msg.encode_to_vec());
-        match runtime::timeout(self.request_timeout(), self.propose_bytes(id, bytes)).await {
+        match self.deadlines.bound(self.propose_bytes(id, bytes)).await {
             Err(_) => Err(error::timeout()),
             Ok(r) => r,
         }
@@ -354,7 +368,7 @@ impl EtcdServer {
             }
             Ok::<(), Status>(())
         };
-        match runtime::timeout(self.request_timeout(), fut).await {
+        match self.deadlines.bound(fut).await {
             Ok(r) => r,
             Err(_) => Err(error::timeout()),
         }
