@@ -224,17 +224,18 @@ impl fmt::Display for Elapsed {
 impl std::error::Error for Elapsed {}
 
 pin_project_lite::pin_project! {
-    /// A future bounded by a deadline; the inner future is polled first, so
-    /// one that is ready wins over an elapsed deadline.
+    /// A future bounded by a deadline `D`: a timer of its own ([`Sleep`]) or
+    /// a place in a shared bucket ([`Deadlines::bound`]). The inner future is
+    /// polled first, so one that is ready wins over an elapsed deadline.
     #[derive(Debug)]
-    pub struct Timeout<F> {
+    pub struct Timeout<F, D = Sleep> {
         #[pin]
         future: F,
-        sleep: Sleep,
+        sleep: D,
     }
 }
 
-impl<F: Future> Future for Timeout<F> {
+impl<F: Future, D: Future<Output = ()> + Unpin> Future for Timeout<F, D> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -275,6 +276,7 @@ pub struct Deadlines {
     current: RefCell<Option<Rc<Bucket>>>,
 }
 
+#[derive(Debug)]
 struct Bucket {
     opened: Instant,
     fired: Cell<bool>,
@@ -308,45 +310,28 @@ impl Deadlines {
                 b
             }
         };
-        Bounded { future, slot: Slot { bucket, key: None } }
+        Timeout { future, sleep: Slot { bucket, key: None } }
     }
 }
 
-/// A future's place in its bucket; leaves it when dropped.
-struct Slot {
+/// A future bounded by a shared deadline ([`Deadlines::bound`]).
+pub type Bounded<F> = Timeout<F, Slot>;
+
+/// A future's place in its bucket, ready once the bucket has fired; leaves
+/// the bucket when dropped.
+#[derive(Debug)]
+pub struct Slot {
     bucket: Rc<Bucket>,
     key: Option<usize>,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Some(k) = self.key.take() {
-            self.bucket.wakers.borrow_mut().try_remove(k);
-        }
-    }
-}
+impl Future for Slot {
+    type Output = ();
 
-pin_project_lite::pin_project! {
-    /// A future bounded by a shared deadline ([`Deadlines::bound`]); the
-    /// inner future is polled first, so one that is ready wins.
-    pub struct Bounded<F> {
-        #[pin]
-        future: F,
-        slot: Slot,
-    }
-}
-
-impl<F: Future> Future for Bounded<F> {
-    type Output = Result<F::Output, Elapsed>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(v) = this.future.poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        let slot = this.slot;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let slot = &mut *self;
         if slot.bucket.fired.get() {
-            return Poll::Ready(Err(Elapsed));
+            return Poll::Ready(());
         }
         let mut wakers = slot.bucket.wakers.borrow_mut();
         match slot.key.and_then(|k| wakers.get_mut(k)) {
@@ -355,6 +340,14 @@ impl<F: Future> Future for Bounded<F> {
             None => slot.key = Some(wakers.insert(cx.waker().clone())),
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.bucket.wakers.borrow_mut().try_remove(k);
+        }
     }
 }
 

@@ -30,14 +30,9 @@ use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::peer_service::{self, PeerMsg};
 use crate::state_machine::{Applied, StateMachine, Waiters};
 
-/// Whether a call asks, with etcd's `hasleader` metadata, to fail fast when
-/// the member has no leader.
-pub fn wants_leader(md: &MetadataMap) -> bool {
-    wants_leader_in(md.as_ref())
-}
-
-/// [`wants_leader`] from the request's HTTP headers.
-pub fn wants_leader_in(headers: &http::HeaderMap) -> bool {
+/// Whether a call asks, with etcd's `hasleader` metadata (a header), to fail
+/// fast when the member has no leader.
+pub fn wants_leader(headers: &http::HeaderMap) -> bool {
     headers.get("hasleader").is_some_and(|v| v == "true")
 }
 
@@ -204,7 +199,7 @@ impl EtcdServer {
 
     /// etcd's `hasleader` metadata: fail fast when the member has no leader.
     pub fn check_has_leader(&self, md: &MetadataMap) -> Result<(), Status> {
-        self.check_leader(wants_leader(md))
+        self.check_leader(wants_leader(md.as_ref()))
     }
 
     /// [`EtcdServer::check_has_leader`] with the metadata already read.

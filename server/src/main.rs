@@ -339,11 +339,9 @@ fn run(cfg: Config) -> Result<(), String> {
             .spawn(move || async move {
                 let front = v3rpc::Front::new(
                     v3rpc::KvCalls::Remote(remote.clone()),
-                    v3rpc::LearnerGuard {
-                        routes: v3rpc::remote_routes(remote, max_request_bytes),
-                        learner,
-                    },
-                    v3rpc::kv_decode_limit(max_request_bytes),
+                    v3rpc::remote_routes(remote, max_request_bytes),
+                    learner,
+                    max_request_bytes,
                 );
                 glommio::spawn_local(allocator::collect_forever()).detach();
                 transport::serve_handed(conn_rx, front).await
@@ -570,11 +568,9 @@ async fn serve_member(
     glommio::spawn_local(v3rpc::remote::run_jobs(local.clone(), clients.jobs)).detach();
     let front = v3rpc::Front::new(
         v3rpc::KvCalls::Local(srv.clone()),
-        v3rpc::LearnerGuard {
-            routes: v3rpc::routes(&local, srv.cfg.max_request_bytes),
-            learner: learner.clone(),
-        },
-        v3rpc::kv_decode_limit(srv.cfg.max_request_bytes),
+        v3rpc::routes(&local, srv.cfg.max_request_bytes),
+        learner.clone(),
+        srv.cfg.max_request_bytes,
     );
     let handoff = Rc::new(transport::Handoff::new(srv.cfg.raft_core_conns, clients.handoff));
     for (url, l) in listeners {

@@ -23,7 +23,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -33,11 +34,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prost::Message;
 use tonic::codegen::Service;
+use tonic::service::Routes;
 use tonic::Status;
 
 use super::remote::Remote;
 use super::LearnerGuard;
-use crate::etcd_server::{wants_leader_in, EtcdServer};
+use crate::etcd_server::{wants_leader, EtcdServer};
 use crate::pb::etcdserverpb as pb;
 
 /// Where KV calls run: on this executor (the raft core), or forwarded to
@@ -63,32 +65,22 @@ pub struct Parts {
 }
 
 impl Front {
-    pub fn new(kv: KvCalls, routes: LearnerGuard, decode_limit: usize) -> Front {
-        Front(Rc::new(Parts { kv, routes, decode_limit }))
+    /// The front of `kv`, with `routes` behind it for everything else and
+    /// etcd's learner check (`learner`) in front of those.
+    pub fn new(kv: KvCalls, routes: Routes, learner: Arc<AtomicBool>, max_request_bytes: u32) -> Front {
+        Front(Rc::new(Parts {
+            kv,
+            routes: LearnerGuard { routes, learner },
+            decode_limit: super::kv_decode_limit(max_request_bytes),
+        }))
     }
 }
 
-#[derive(Clone, Copy)]
-enum Call {
-    Range,
-    Put,
-    DeleteRange,
-    Txn,
-    Compact,
-}
-
-fn kv_call(req: &Request<Incoming>) -> Option<Call> {
+fn kv_call(req: &Request<Incoming>) -> Option<Method> {
     if req.method() != HttpMethod::POST {
         return None;
     }
-    Some(match req.uri().path() {
-        "/etcdserverpb.KV/Range" => Call::Range,
-        "/etcdserverpb.KV/Put" => Call::Put,
-        "/etcdserverpb.KV/DeleteRange" => Call::DeleteRange,
-        "/etcdserverpb.KV/Txn" => Call::Txn,
-        "/etcdserverpb.KV/Compact" => Call::Compact,
-        _ => return None,
-    })
+    method(req.uri().path())
 }
 
 type Answer = Result<Response<Out>, Infallible>;
@@ -119,7 +111,7 @@ fn compressed(headers: &HeaderMap) -> bool {
     headers.get("grpc-encoding").is_some_and(|v| v != "identity")
 }
 
-async fn kv(front: Rc<Parts>, call: Call, req: Request<Incoming>) -> Answer {
+async fn kv(front: Rc<Parts>, method: Method, req: Request<Incoming>) -> Answer {
     if front.routes.learner.load(Ordering::Relaxed) || compressed(req.headers()) {
         return via_tonic(front.routes.clone(), req).await;
     }
@@ -130,53 +122,40 @@ async fn kv(front: Rc<Parts>, call: Call, req: Request<Incoming>) -> Answer {
         let frame = match body.frame().await {
             None => break,
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                let rest = Replay { head: read.take(), held: Some(Err(e)), rest: body };
-                return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
-            }
+            Some(Err(e)) => return replay(&front, parts, read.take(), Some(Err(e)), body).await,
         };
         match frame.into_data() {
             Ok(data) => {
                 read.push(data);
                 if read.len() > limit {
-                    let rest = Replay { head: read.take(), held: None, rest: body };
-                    return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
+                    return replay(&front, parts, read.take(), None, body).await;
                 }
             }
-            Err(frame) => {
-                let rest = Replay { head: read.take(), held: Some(Ok(frame)), rest: body };
-                return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
-            }
+            Err(frame) => return replay(&front, parts, read.take(), Some(Ok(frame)), body).await,
         }
     }
     let bytes = read.take().unwrap_or_default();
-    let msg = match one_message(&bytes, front.decode_limit) {
-        Whole::One(msg) => msg,
+    let call = match one_message(&bytes, front.decode_limit) {
+        Whole::One(msg) => decode(method, msg),
         Whole::Short(status) => return Ok(status.into_http()),
-        Whole::Other => {
-            let rest = Replay { head: Some(bytes), held: None, rest: body };
-            return via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await;
-        }
+        Whole::Other => None,
     };
-    let wants = wants_leader_in(&parts.headers);
-    macro_rules! run {
-        ($req:ty, $method:ident) => {
-            match <$req>::decode(msg) {
-                Ok(r) => Ok(answer(front.kv.$method(wants, r).await)),
-                Err(_) => {
-                    let rest = Replay { head: Some(bytes), held: None, rest: body };
-                    via_tonic(front.routes.clone(), Request::from_parts(parts, rest)).await
-                }
-            }
-        };
-    }
     match call {
-        Call::Range => run!(pb::RangeRequest, range),
-        Call::Put => run!(pb::PutRequest, put),
-        Call::DeleteRange => run!(pb::DeleteRangeRequest, delete_range),
-        Call::Txn => run!(pb::TxnRequest, txn),
-        Call::Compact => run!(pb::CompactionRequest, compact),
+        Some(call) => Ok(front.kv.run(wants_leader(&parts.headers), call).await),
+        None => replay(&front, parts, Some(bytes), None, body).await,
     }
+}
+
+/// Hands the call to tonic, with what the front already read put back in
+/// front of the rest of the body.
+async fn replay(
+    front: &Parts,
+    parts: http::request::Parts,
+    head: Option<Bytes>,
+    held: Option<Result<Frame<Bytes>, hyper::Error>>,
+    rest: Incoming,
+) -> Answer {
+    via_tonic(front.routes.clone(), Request::from_parts(parts, Replay { head, held, rest })).await
 }
 
 /// What a whole request body holds.
@@ -357,18 +336,44 @@ impl Body for Out {
     }
 }
 
-/// The KV handlers, on the raft core or forwarded to it.
+/// KV's unary calls, from the one list in `with_kv_calls!`: which call a
+/// path names, its decoded request, and the handler that runs it, on the
+/// raft core or forwarded to it.
 macro_rules! kv_calls {
-    ($($method:ident, $remote:ident($req:ty) -> $resp:ty;)*) => {
+    ($($call:ident, $path:literal, $method:ident, $remote:ident($req:ty) -> $resp:ty;)*) => {
+        #[derive(Clone, Copy)]
+        enum Method {
+            $($call,)*
+        }
+
+        fn method(path: &str) -> Option<Method> {
+            match path {
+                $($path => Some(Method::$call),)*
+                _ => None,
+            }
+        }
+
+        enum Call {
+            $($call($req),)*
+        }
+
+        /// The call's request; `None` when it does not decode (tonic then
+        /// answers with its own decode error).
+        fn decode(method: Method, msg: Bytes) -> Option<Call> {
+            match method {
+                $(Method::$call => <$req>::decode(msg).ok().map(Call::$call),)*
+            }
+        }
+
         impl KvCalls {
-            $(
-                async fn $method(&self, wants: bool, r: $req) -> Result<$resp, Status> {
-                    match self {
+            async fn run(&self, wants: bool, call: Call) -> Response<Out> {
+                match call {
+                    $(Call::$call(r) => answer(match self {
                         KvCalls::Local(srv) => srv.$method(wants, r).await,
                         KvCalls::Remote(remote) => remote.$remote(wants, r).await,
-                    }
+                    }),)*
                 }
-            )*
+            }
         }
     };
 }

@@ -157,7 +157,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.range(wants_leader(&md), r).await.map(Response::new)
+            srv.range(wants_leader(md.as_ref()), r).await.map(Response::new)
         })
         .await
     }
@@ -166,7 +166,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.put(wants_leader(&md), r).await.map(Response::new)
+            srv.put(wants_leader(md.as_ref()), r).await.map(Response::new)
         })
         .await
     }
@@ -178,7 +178,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.delete_range(wants_leader(&md), r).await.map(Response::new)
+            srv.delete_range(wants_leader(md.as_ref()), r).await.map(Response::new)
         })
         .await
     }
@@ -187,7 +187,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.txn(wants_leader(&md), r).await.map(Response::new)
+            srv.txn(wants_leader(md.as_ref()), r).await.map(Response::new)
         })
         .await
     }
@@ -199,7 +199,7 @@ impl Kv for KvService {
         let srv = self.srv.clone();
         SendWrapper::new(async move {
             let (md, _, r) = req.into_parts();
-            srv.compact(wants_leader(&md), r).await.map(Response::new)
+            srv.compact(wants_leader(md.as_ref()), r).await.map(Response::new)
         })
         .await
     }

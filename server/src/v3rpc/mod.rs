@@ -3,17 +3,19 @@
 //! Auth, Lock and Election entirely; see each service. Connections on client
 //! executors forward every call to the raft core ([`remote`]).
 
-/// Calls `$m!` with KV's unary calls, one per line: tonic's method,
-/// `Remote`'s method, request, answer (the front and the forwarding both
-/// generate code from this one list).
+/// Calls `$m!` with KV's unary calls, one per line: the call's name, its
+/// gRPC path, tonic's method, `Remote`'s method, request, answer (the front
+/// and the forwarding both generate their code from this one list).
 macro_rules! with_kv_calls {
     ($m:ident) => {
         $m! {
-            range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
-            put, kv_put(pb::PutRequest) -> pb::PutResponse;
-            delete_range, kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
-            txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
-            compact, kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
+            Range, "/etcdserverpb.KV/Range", range, kv_range(pb::RangeRequest) -> pb::RangeResponse;
+            Put, "/etcdserverpb.KV/Put", put, kv_put(pb::PutRequest) -> pb::PutResponse;
+            DeleteRange, "/etcdserverpb.KV/DeleteRange", delete_range,
+                kv_delete_range(pb::DeleteRangeRequest) -> pb::DeleteRangeResponse;
+            Txn, "/etcdserverpb.KV/Txn", txn, kv_txn(pb::TxnRequest) -> pb::TxnResponse;
+            Compact, "/etcdserverpb.KV/Compact", compact,
+                kv_compact(pb::CompactionRequest) -> pb::CompactionResponse;
         }
     };
 }
@@ -72,7 +74,7 @@ pub const GRPC_OVERHEAD: usize = 512 * 1024;
 const KV_DECODE_LIMIT: usize = 64 << 20;
 
 /// The largest KV message decoded, for `--max-request-bytes`.
-pub fn kv_decode_limit(max_request_bytes: u32) -> usize {
+fn kv_decode_limit(max_request_bytes: u32) -> usize {
     KV_DECODE_LIMIT.max(max_request_bytes as usize + GRPC_OVERHEAD)
 }
 

@@ -145,7 +145,7 @@ macro_rules! forward {
 /// metadata maps allocated on one thread and freed on the other). The
 /// connection front ([`super::front`]) calls the `kv_*` methods straight.
 macro_rules! forward_kv {
-    ($($method:ident, $inherent:ident($req:ty) -> $resp:ty;)*) => {
+    ($($call:ident, $path:literal, $method:ident, $inherent:ident($req:ty) -> $resp:ty;)*) => {
         impl Remote {
             $(
                 pub async fn $inherent(&self, wants: bool, r: $req) -> Result<$resp, Status> {
@@ -160,7 +160,7 @@ macro_rules! forward_kv {
             $(
                 async fn $method(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
                     let (md, _, r) = req.into_parts();
-                    let wants = wants_leader(&md);
+                    let wants = wants_leader(md.as_ref());
                     drop(md);
                     Ok(Response::new(self.$inherent(wants, r).await?))
                 }
