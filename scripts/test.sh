@@ -19,6 +19,10 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# A clean build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL=0
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
+
 echo "== building benches (compile check only; run them with cargo bench)"
 cargo check -q --workspace --benches
 
