@@ -224,6 +224,11 @@ impl Source {
         })
     }
 
+    /// Whether the operation has not completed yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.inner.borrow().wakers.result.is_none()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner
