@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+pub mod floor;
 pub mod procs;
 pub mod report;
 pub mod sideby;
