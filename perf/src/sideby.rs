@@ -524,15 +524,15 @@ const FLOOR_SAMPLES: usize = 500;
 /// on the disk the servers write to; records it and returns it in seconds.
 async fn disk_floor(env: &Env, res: &mut Results, name: &str, k: Kind, rep: usize) -> Option<f64> {
     let dir = env.run_dir.join("floor");
-    match tokio::task::spawn_blocking(move || crate::floor::fdatasync_p50(&dir, FLOOR_SAMPLES)).await {
-        Ok(Ok(d)) => {
+    let measured = tokio::task::spawn_blocking(move || crate::floor::fdatasync_p50(&dir, FLOOR_SAMPLES))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match measured {
+        Ok(d) => {
             eprintln!("         disk floor: 4 KiB O_DIRECT write + fdatasync p50 {:.3} ms", d.as_secs_f64() * 1e3);
             res.add(name, FLOOR, k, rep, d.as_secs_f64());
             Some(d.as_secs_f64())
-        }
-        Ok(Err(e)) => {
-            res.note(name, k, &format!("disk floor not measured: {e}"));
-            None
         }
         Err(e) => {
             res.note(name, k, &format!("disk floor not measured: {e}"));
@@ -815,7 +815,10 @@ fn higher_is_better(metric: &str) -> bool {
 }
 
 /// The goal for a (workload, metric), as (text, predicate on ratio ironcd/etcd).
-fn goal(members: usize, workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)> {
+/// A goal's text and its test.
+type Goal = (&'static str, fn(f64) -> bool);
+
+fn goal(members: usize, workload: &str, metric: &str) -> Option<Goal> {
     if members > 1 {
         // The cluster goals of the clustering issue (#6): 3-member clusters side by side.
         return match (workload, metric) {
@@ -837,7 +840,7 @@ fn goal(members: usize, workload: &str, metric: &str) -> Option<(&'static str, f
 }
 
 /// Goals on ironcd's own figure rather than on the ratio to etcd.
-fn abs_goal(members: usize, workload: &str, metric: &str) -> Option<(&'static str, fn(f64) -> bool)> {
+fn abs_goal(members: usize, workload: &str, metric: &str) -> Option<Goal> {
     match (members, workload, metric) {
         (0 | 1, PUT_1, OVER_FLOOR) => Some(("ironcd ≤ 0.1 ms", |v| v <= 0.0001)),
         _ => None,
