@@ -1817,44 +1817,24 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        //
-        // Patched: a latency timer that has not fired and fires no later
-        // than what this turn needs is kept (see `keep_latency_timer`), and
-        // the throughput timer is re-armed only once it fired. Unpatched,
-        // every turn cancelled and re-armed both: four io_uring_enter calls
-        // per turn.
+        // Patched: the release cancelled the latency ring's timer here and
+        // re-armed both timers on every turn (four io_uring_enter calls a
+        // turn). Now the latency timer is only replaced where a new one is
+        // needed (`keep_latency_timer`: one that has not fired and fires no
+        // later than the turn needs stays), and the throughput timer is
+        // re-armed only once it has fired.
         let now = Instant::now();
-        let armed = self.latency_preemption_timeout_src.take();
-        let armed = match armed {
-            Some(src) if src.pending() => Some(src),
-            _ => {
-                self.latency_deadline.set(None);
-                None
-            }
-        };
-        self.latency_preemption_timeout_src.set(armed);
-
-        let tp = self.throughput_preemption_timeout_src.take();
-        match tp {
-            Some(src) if src.pending() => self.throughput_preemption_timeout_src.set(Some(src)),
-            _ => {
-                drop(tp);
-                // Schedule the throughput-based timeout immediately: it won't matter if we end
-                // up sleeping.
-                self.throughput_preemption_timeout_src.replace(Some(
-                    main_ring.prepare_throughput_preemption_timer(
-                        self.ring_depth() as u32,
-                        self.eventfd_src.raw(),
-                    ),
-                ));
-            }
-        }
+        let throughput = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| src.pending())
+            .unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            });
+        self.throughput_preemption_timeout_src.set(Some(throughput));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1908,10 +1888,11 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            if !self.keep_latency_timer(Instant::now() + preempt) {
+            let deadline = Instant::now() + preempt;
+            if !self.keep_latency_timer(deadline) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_deadline.set(Some(Instant::now() + preempt));
+                self.latency_deadline.set(Some(deadline));
             }
             flush_rings!(lat_ring, main_ring)?;
         }
@@ -1930,20 +1911,16 @@ impl Reactor {
     /// no later than `deadline`. Otherwise it is cancelled here (dropping
     /// its source queues the cancellation) and the caller arms a new one.
     fn keep_latency_timer(&self, deadline: Instant) -> bool {
-        match self.latency_deadline.get() {
-            Some(armed) if armed <= deadline => {
-                let src = self.latency_preemption_timeout_src.take();
-                let keep = src.as_ref().is_some_and(|s| s.pending());
-                self.latency_preemption_timeout_src.set(src);
-                if keep {
-                    return true;
-                }
-            }
-            _ => {}
+        let src = self.latency_preemption_timeout_src.take();
+        let keep = self.latency_deadline.get().is_some_and(|armed| armed <= deadline)
+            && src.as_ref().is_some_and(|s| s.pending());
+        if keep {
+            self.latency_preemption_timeout_src.set(src);
+        } else {
+            drop(src);
+            self.latency_deadline.set(None);
         }
-        drop(self.latency_preemption_timeout_src.take());
-        self.latency_deadline.set(None);
-        false
+        keep
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
