@@ -158,6 +158,13 @@ pub struct Config {
     )]
     pub pin_cores: bool,
 
+    /// Microseconds an executor that ran out of work keeps polling for more
+    /// (giving its CPU to any other thread that wants it) before it sleeps;
+    /// 0 = sleep at once. Spares a lone client's request two wake-ups of an
+    /// idle CPU (docs/server.md, "Threading").
+    #[arg(long = "ironcd-spin-us", env = "IRONCD_SPIN_US", default_value_t = 300)]
+    pub spin_us: u64,
+
     /// Applied entries between two syncs of the store file (the WAL covers
     /// the rest; a restart replays at most this many entries).
     #[arg(long = "ironcd-store-sync-entries", env = "IRONCD_STORE_SYNC_ENTRIES", default_value_t = 10_000)]

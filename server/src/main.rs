@@ -325,7 +325,14 @@ fn run(cfg: Config) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let placement = |i: usize| if cfg.pin_cores { Placement::Fixed(i) } else { Placement::Unbound };
+    let executor = |i: usize, name: &str| {
+        let placement = if cfg.pin_cores { Placement::Fixed(i) } else { Placement::Unbound };
+        let b = LocalExecutorBuilder::new(placement).name(name);
+        match cfg.spin_us {
+            0 => b,
+            us => b.spin_before_park(std::time::Duration::from_micros(us)),
+        }
+    };
     let (jobs_tx, jobs_rx) = futures_channel::mpsc::unbounded();
     let learner = Arc::new(AtomicBool::new(false));
     let mut handoff = Vec::new();
@@ -334,8 +341,7 @@ fn run(cfg: Config) -> Result<(), String> {
         let remote = v3rpc::remote::Remote::new(jobs_tx.clone());
         let learner = learner.clone();
         let max_request_bytes = cfg.max_request_bytes;
-        LocalExecutorBuilder::new(placement(i))
-            .name(&format!("ironcd-client-{i}"))
+        executor(i, &format!("ironcd-client-{i}"))
             .spawn(move || async move {
                 let front = v3rpc::Front::new(
                     v3rpc::KvCalls::Remote(remote.clone()),
@@ -351,8 +357,7 @@ fn run(cfg: Config) -> Result<(), String> {
     }
     drop(jobs_tx);
     let clients = ClientSide { jobs: jobs_rx, handoff, learner };
-    let ex = LocalExecutorBuilder::new(placement(0))
-        .name("ironcd-raft-core")
+    let ex = executor(0, "ironcd-raft-core")
         .spawn(move || async move {
             serve_member(cfg, id, data_dir, listeners, peer_listeners, clients, stop, auto_compaction).await
         })

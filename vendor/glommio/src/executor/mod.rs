@@ -1139,7 +1139,7 @@ impl LocalExecutor {
     fn new(
         notifier: Arc<sys::SleepNotifier>,
         cpu_binding: Option<impl IntoIterator<Item = usize>>,
-        mut config: LocalExecutorConfig,
+        config: LocalExecutorConfig,
     ) -> Result<LocalExecutor> {
         let blocking_thread =
             BlockingThreadPool::new(config.thread_pool_placement, notifier.clone())?;
@@ -1152,9 +1152,10 @@ impl LocalExecutor {
         // `Placement` variants a CPU set could span multiple NUMA nodes).
         // For additional information see:
         // https://www.kernel.org/doc/html/latest/admin-guide/mm/numa_memory_policy.html
-        match cpu_binding {
-            Some(cpu_set) => bind_to_cpu_set(cpu_set)?,
-            None => config.spin_before_park = None,
+        // ironcd: `spin_before_park` is honoured on unbound executors too
+        // (the release dropped it there); see IRONCD-PATCH.md.
+        if let Some(cpu_set) = cpu_binding {
+            bind_to_cpu_set(cpu_set)?;
         }
         let p = parking::Parker::new();
         let queues = ExecutorQueues::new(config.preempt_timer, config.spin_before_park);
@@ -1453,6 +1454,7 @@ impl LocalExecutor {
             let cx = &mut Context::from_waker(&waker);
 
             let spin_before_park = self.spin_before_park().unwrap_or_default();
+            let mut spin_budget = spin_before_park;
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1494,13 +1496,33 @@ impl LocalExecutor {
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
                     } else {
-                        while !this.reactor.spin_poll_io().unwrap() {
-                            if pre_time.elapsed() > spin_before_park {
-                                this.parker
-                                    .park()
-                                    .expect("Failed to park! This is actually pretty bad!");
-                                break;
+                        // ironcd (IRONCD-PATCH.md): spin for at most
+                        // `spin_budget`, giving the CPU to any thread that
+                        // wants it between polls; then park.
+                        let found = loop {
+                            if this.reactor.spin_poll_io().unwrap() {
+                                break true;
                             }
+                            if pre_time.elapsed() >= spin_budget {
+                                break false;
+                            }
+                            std::thread::yield_now();
+                        };
+                        if !found {
+                            let parked = Instant::now();
+                            this.parker
+                                .park()
+                                .expect("Failed to park! This is actually pretty bad!");
+                            // Work that came within the spin window of
+                            // parking would have been found by spinning:
+                            // spin next time. After a longer sleep (an idle
+                            // server's timers) don't: spinning would only
+                            // burn CPU.
+                            spin_budget = if parked.elapsed() < spin_before_park {
+                                spin_before_park
+                            } else {
+                                Duration::ZERO
+                            };
                         }
                         // reset the timer for deduct spin loop time
                         pre_time = Instant::now();
