@@ -53,20 +53,41 @@ fn switches_over_sleeps(spin: Duration, n: u32, each: Duration) -> u64 {
     over_sleeps(spin, n, each).0
 }
 
+/// The tests of this file one at a time: each measures one executor
+/// thread, and one of them loads a CPU on purpose.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Work that comes within the spin window (here a timer) is found by
 /// spinning: the executor does not sleep for it.
+///
+/// The executor rightly stops spinning for a while when its CPU turns out
+/// to be contended (next tests), which a shared machine may make it for a
+/// moment; so the scenario is tried up to five times and must spin once.
 #[test]
 fn an_unbound_executor_spins_instead_of_sleeping() {
+    let _serial = serial();
     let n = 200;
-    let switches = switches_over_sleeps(Duration::from_secs(1), n, Duration::from_micros(200));
-    // Parking would cost at least one voluntary switch per sleep; allow a
-    // few for anything else the thread may block on.
-    assert!(switches < u64::from(n) / 4, "{switches} voluntary switches over {n} sleeps: the executor parked");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let switches = switches_over_sleeps(Duration::from_secs(1), n, Duration::from_micros(200));
+        // Parking costs at least one voluntary switch per sleep; allow a
+        // few for anything else the thread may block on.
+        if switches < u64::from(n) / 4 {
+            return;
+        }
+        seen.push(switches);
+    }
+    panic!("voluntary switches over {n} sleeps, in five tries: {seen:?}: the executor parked");
 }
 
 /// An executor idle for longer than its spin window goes to sleep.
 #[test]
 fn the_spin_is_bounded() {
+    let _serial = serial();
     let n = 20;
     let switches = switches_over_sleeps(Duration::from_micros(500), n, Duration::from_millis(20));
     assert!(switches >= u64::from(n), "{switches} voluntary switches over {n} 20 ms sleeps: it never parked");
@@ -77,8 +98,61 @@ fn the_spin_is_bounded() {
 /// before each of these sleeps would use at least `n` × 10 ms of CPU.
 #[test]
 fn work_at_long_intervals_is_not_spun_for() {
+    let _serial = serial();
     let n = 20;
     let (switches, cpu) = over_sleeps(Duration::from_millis(10), n, Duration::from_millis(30));
     assert!(switches >= u64::from(n), "{switches} voluntary switches over {n} 30 ms sleeps: it never parked");
     assert!(cpu < Duration::from_millis(100), "{cpu:?} of CPU over {n} sleeps of 30 ms with a 10 ms spin window");
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity");
+    }
+}
+
+/// On a CPU another thread wants (here a busy loop pinned to the same
+/// CPU), the executor parks instead of spinning: a spinning thread spends
+/// its share of the CPU, and work that arrives for it while it is runnable
+/// does not preempt the other thread, so it would wait for the other's
+/// whole time slice.
+#[test]
+fn a_contended_executor_parks_instead_of_spinning() {
+    let _serial = serial();
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pin_to(0);
+            let start = std::time::Instant::now();
+            // Bounded: at most 30 s even if the test's thread never returns.
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(30) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let n: u32 = 20;
+    let ex = LocalExecutorBuilder::new(Placement::Fixed(0))
+        .spin_before_park(Duration::from_secs(1))
+        .spawn(move || async move {
+            timer::sleep(Duration::from_millis(1)).await;
+            let before = voluntary_switches();
+            for _ in 0..n {
+                timer::sleep(Duration::from_millis(2)).await;
+            }
+            voluntary_switches() - before
+        })
+        .unwrap();
+    let switches = ex.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    hog.join().unwrap();
+    // Spinning through every sleep would be no voluntary switch at all.
+    assert!(switches >= u64::from(n) / 2, "{switches} voluntary switches over {n} sleeps on a contended CPU: it kept spinning");
 }

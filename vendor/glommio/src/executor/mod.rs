@@ -73,6 +73,12 @@ pub(crate) const DEFAULT_EXECUTOR_NAME: &str = "unnamed";
 pub(crate) const DEFAULT_PREEMPT_TIMER: Duration = Duration::from_millis(100);
 pub(crate) const DEFAULT_IO_MEMORY: usize = 10 << 20;
 pub(crate) const DEFAULT_RING_SUBMISSION_DEPTH: usize = 128;
+/// ironcd: a `sched_yield` that took longer than this gave the CPU to
+/// another thread (IRONCD-PATCH.md).
+const SPIN_YIELD_CONTENDED: Duration = Duration::from_micros(500);
+/// ironcd: how long an executor that found its CPU contended parks at once
+/// instead of spinning.
+const SPIN_PAUSE: Duration = Duration::from_millis(50);
 
 /// Result type alias that removes the need to specify a type parameter
 /// that's only valid in the channel variants of the error. Otherwise, it
@@ -1455,6 +1461,7 @@ impl LocalExecutor {
 
             let spin_before_park = self.spin_before_park().unwrap_or_default();
             let mut spin_budget = spin_before_park;
+            let mut spin_paused_until: Option<Instant> = None;
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1506,7 +1513,18 @@ impl LocalExecutor {
                             if pre_time.elapsed() >= spin_budget {
                                 break false;
                             }
+                            let yielded = Instant::now();
                             std::thread::yield_now();
+                            if yielded.elapsed() > SPIN_YIELD_CONTENDED {
+                                // Another thread ran on this CPU: it is
+                                // contended. Spinning on would spend this
+                                // thread's share of it, and work arriving
+                                // for a runnable (not sleeping) thread does
+                                // not preempt anything: park instead, and
+                                // for a while after.
+                                spin_paused_until = Some(Instant::now() + SPIN_PAUSE);
+                                spin_budget = Duration::ZERO;
+                            }
                         };
                         if !found {
                             let parked = Instant::now();
@@ -1518,7 +1536,9 @@ impl LocalExecutor {
                             // spin next time. After a longer sleep (an idle
                             // server's timers) don't: spinning would only
                             // burn CPU.
-                            spin_budget = if parked.elapsed() < spin_before_park {
+                            let now = Instant::now();
+                            let paused = spin_paused_until.is_some_and(|t| now < t);
+                            spin_budget = if !paused && now - parked < spin_before_park {
                                 spin_before_park
                             } else {
                                 Duration::ZERO
