@@ -319,12 +319,26 @@ impl<'a> NodePage<'a> {
         let Some(raw) = self.data.get(slots..slots + 2 * self.count) else {
             return Err(corrupt(self.id, "slot out of bounds"));
         };
-        let (mut lo, mut hi) = (u16::MAX, 0u16);
-        for s in raw.chunks_exact(2) {
-            let off = u16::from_le_bytes([s[0], s[1]]);
-            lo = lo.min(off);
-            hi = hi.max(off);
+        // Sixteen lanes of min and max over 32-byte blocks, then the tail:
+        // the fixed-width inner loop is what the compiler turns into SIMD
+        // (a single running min/max over `chunks_exact(2)` stayed scalar,
+        // and was 6 % of a single put's CPU).
+        let (mut lo, mut hi) = ([u16::MAX; 16], [0u16; 16]);
+        let blocks = raw.chunks_exact(32);
+        let tail = blocks.remainder();
+        for b in blocks {
+            for j in 0..16 {
+                let off = u16::from_le_bytes([b[2 * j], b[2 * j + 1]]);
+                lo[j] = lo[j].min(off);
+                hi[j] = hi[j].max(off);
+            }
         }
+        for (j, s) in tail.chunks_exact(2).enumerate() {
+            let off = u16::from_le_bytes([s[0], s[1]]);
+            lo[j] = lo[j].min(off);
+            hi[j] = hi[j].max(off);
+        }
+        let (lo, hi) = (lo.into_iter().min().unwrap_or(u16::MAX), hi.into_iter().max().unwrap_or(0));
         if self.count == 0 {
             return Ok(PAGE_SIZE);
         }
@@ -340,7 +354,7 @@ impl<'a> NodePage<'a> {
     /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
     /// inline key and value is sized from its two length fields; anything
     /// else goes through [`Self::leaf_entry`], which reports what is wrong.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn leaf_entry_size(&self, i: usize) -> StoreResult<usize> {
         let fast = || -> Option<usize> {
             let slots = self.slots_off();
@@ -1169,6 +1183,34 @@ mod tests {
         let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new()).unwrap();
         bb.set_child(1, 3, true).unwrap();
         assert!(matches!(bb.into_page(5, 2), Err(StoreError::Corrupt(_))));
+    }
+
+    /// The blocked min/max of `cells_start` agrees with a plain minimum
+    /// for every slot count (whole 16-slot blocks and every tail length).
+    #[test]
+    fn cells_start_is_the_lowest_slot() {
+        for n in 0..=120usize {
+            let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:04}").into_bytes()).collect();
+            // Values of varying length so cells are not in slot order by size.
+            let vals: Vec<Vec<u8>> = (0..n).map(|i| vec![7; (i * 37) % 23]).collect();
+            let enc: Vec<_> = keys.iter().zip(&vals).map(|(k, v)| (EncRef::Inline(k), EncRef::Inline(v))).collect();
+            let mut page = encode_leaf(9, 1, &enc);
+            // Rotate the slots: the lowest cell moves away from the end.
+            let mut slots: Vec<u16> = (0..n).map(|i| rd_u16(&page, HEADER_LEN + 2 * i).unwrap()).collect();
+            slots.rotate_left(n / 3);
+            for (i, s) in slots.iter().enumerate() {
+                page[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&s.to_le_bytes());
+            }
+            let p = NodePage::parse(9, &page).unwrap();
+            let naive = slots.iter().copied().min().map_or(PAGE_SIZE, usize::from);
+            assert_eq!(p.cells_start().unwrap(), naive, "{n} slots");
+            // A slot past the page end is caught whatever its position.
+            if n > 0 {
+                let at = HEADER_LEN + 2 * (n - 1);
+                page[at..at + 2].copy_from_slice(&(PAGE_SIZE as u16).to_le_bytes());
+                assert!(NodePage::parse(9, &page).unwrap().cells_start().is_err(), "{n} slots");
+            }
+        }
     }
 
     #[test]
