@@ -608,6 +608,11 @@ impl LeafBuf {
         Ok(())
     }
 
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The finished page: compacted if cells were removed, header for page
     /// `id`, gap zeroed, sealed.
     pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
@@ -647,8 +652,9 @@ const BRANCH_SLOTS: usize = HEADER_LEN + 8;
 impl BranchBuf {
     /// Copies a verified branch page into `buf` (a recycled buffer or
     /// empty): header, child 0, slots and cell area. Reads only the slots:
-    /// cells are checked when they are read.
-    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<BranchBuf> {
+    /// cells are checked when they are read. `dirty` is a recycled list
+    /// (emptied here) for the dirty children.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>, mut dirty: Vec<u16>) -> StoreResult<BranchBuf> {
         if page.leaf {
             return Err(corrupt(page.id, "expected a branch page"));
         }
@@ -660,7 +666,8 @@ impl BranchBuf {
         }
         buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
         buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
-        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty: Vec::new() })
+        dirty.clear();
+        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -801,6 +808,17 @@ impl BranchBuf {
         self.cell_lo = at;
         self.garbage = 0;
         Ok(())
+    }
+
+    /// The dirty-child list, for reuse (this copy keeps an empty one).
+    pub(crate) fn take_dirty_list(&mut self) -> Vec<u16> {
+        let mut d = std::mem::take(&mut self.dirty);
+        if !d.is_empty() {
+            // Still naming dirty children: keep it, so `into_page` refuses.
+            std::mem::swap(&mut d, &mut self.dirty);
+            return Vec::new();
+        }
+        d
     }
 
     /// The buffer, for reuse.
@@ -1108,7 +1126,7 @@ mod tests {
         let enc: Vec<_> = keys.iter().map(|k| EncRef::Inline(k)).collect();
         let kids: Vec<u64> = (100..151).collect();
         let page = encode_branch(9, 1, &enc, &kids);
-        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
+        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE], Vec::new()).unwrap();
         let full = 8 + keys.iter().map(|k| branch_entry_len(k.len())).sum::<usize>();
         assert_eq!(bb.size(), full);
         // Patch child pointers (dirty ones too), insert after key 3 and at
@@ -1155,7 +1173,7 @@ mod tests {
             assert!(key(i - 1) < key(i), "keys out of order at {i}");
         }
         // Packed: a copy of the written page is sized exactly.
-        let again = BranchBuf::from_page(&p, Vec::new()).unwrap();
+        let again = BranchBuf::from_page(&p, Vec::new(), Vec::new()).unwrap();
         assert_eq!(again.size(), 8 + (0..p.count).map(|i| branch_entry_len(p.key(i).unwrap().len())).sum::<usize>());
     }
 
@@ -1172,15 +1190,15 @@ mod tests {
         branch[HEADER_LEN + 8..HEADER_LEN + 10].copy_from_slice(&4096u16.to_le_bytes());
         seal(&mut branch);
         let p = NodePage::parse(5, &branch).unwrap();
-        assert!(matches!(BranchBuf::from_page(&p, Vec::new()), Err(StoreError::Corrupt(_))));
+        assert!(matches!(BranchBuf::from_page(&p, Vec::new(), Vec::new()), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
     fn branch_buf_refuses_a_leaf_and_an_unpatched_child() {
         let leaf = encode_leaf(6, 1, &[]);
-        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new()).is_err());
+        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new(), Vec::new()).is_err());
         let page = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
-        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new()).unwrap();
+        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new(), Vec::new()).unwrap();
         bb.set_child(1, 3, true).unwrap();
         assert!(matches!(bb.into_page(5, 2), Err(StoreError::Corrupt(_))));
     }
