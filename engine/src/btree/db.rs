@@ -494,10 +494,12 @@ impl Db {
     fn write_pages(&self, g: &mut WriterState, out: &mut [(u64, Vec<u8>)]) -> StoreResult<()> {
         self.ensure_len(g, g.hwm * PS)?;
         out.sort_unstable_by_key(|(p, _)| *p);
-        for (p, data) in out.iter() {
-            self.io
-                .write_at(p * PS, data)
-                .map_err(io_err(|| format!("writing page {p} of {}", self.name)))?;
+        self.io
+            .write_all_at(&mut out.iter().map(|(p, data)| (p * PS, &data[..])))
+            .map_err(|(off, e)| io_err(|| format!("writing page {} of {}", off / PS, self.name))(e))?;
+        // Only once every page is written (after a failed write the store
+        // is poisoned; an unmarked page is merely verified on its next read).
+        for (p, _) in out.iter() {
             g.map.mark_verified(*p);
         }
         Ok(())

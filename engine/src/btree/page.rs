@@ -333,12 +333,14 @@ impl<'a> NodePage<'a> {
                 hi[j] = hi[j].max(off);
             }
         }
-        for (j, s) in tail.chunks_exact(2).enumerate() {
+        let (mut tlo, mut thi) = (u16::MAX, 0u16);
+        for s in tail.chunks_exact(2) {
             let off = u16::from_le_bytes([s[0], s[1]]);
-            lo[j] = lo[j].min(off);
-            hi[j] = hi[j].max(off);
+            tlo = tlo.min(off);
+            thi = thi.max(off);
         }
-        let (lo, hi) = (lo.into_iter().min().unwrap_or(u16::MAX), hi.into_iter().max().unwrap_or(0));
+        let lo = lo.into_iter().fold(tlo, u16::min);
+        let hi = hi.into_iter().fold(thi, u16::max);
         if self.count == 0 {
             return Ok(PAGE_SIZE);
         }
