@@ -142,6 +142,10 @@ struct WriterState {
     /// Page buffers of the last commit and its transaction's other
     /// buffers, reused by the next transaction.
     spare: Spare,
+    /// [`TxAlloc::taken`], emptied, and emptied lists of pending pages
+    /// (see `pending_list`), reused likewise.
+    taken_buf: Vec<(u64, u64)>,
+    page_lists: Vec<Vec<u64>>,
     /// The newest durable meta, its slot (page 0 or 1) and its freelist pages.
     durable: Meta,
     durable_slot: u64,
@@ -185,6 +189,8 @@ impl PageBits {
 /// Page buffers kept between transactions (8 MiB); a larger commit
 /// allocates the rest.
 const POOL_PAGES: usize = 2048;
+/// Emptied lists of pending pages kept for reuse.
+const PAGE_LISTS: usize = 16;
 
 impl WriterState {
     fn alloc_pages(&mut self, n: u64) -> u64 {
@@ -234,14 +240,47 @@ impl WriterState {
                 if *e.key() > limit {
                     break;
                 }
-                self.free.extend(e.remove());
+                let mut pages = e.remove();
+                self.free.extend(pages.iter().copied());
+                if self.page_lists.len() < PAGE_LISTS && pages.capacity() <= POOL_PAGES {
+                    pages.clear();
+                    self.page_lists.push(pages);
+                }
             }
         }
+    }
+
+    /// An empty list for pages freed by a transaction, reused if one is kept.
+    fn pending_list(&mut self) -> Vec<u64> {
+        self.page_lists.pop().unwrap_or_default()
     }
 
     /// Every freed page not yet reusable.
     fn all_pending(&self) -> impl Iterator<Item = &u64> {
         self.pending.values().flatten().chain(self.pending_fresh.values().flatten())
+    }
+}
+
+/// Records `pages` as freed by transaction `txid` in `map` (an empty list
+/// is not entered; it goes back to `lists` for reuse).
+fn add_pending(map: &mut BTreeMap<u64, Vec<u64>>, txid: u64, mut pages: Vec<u64>, lists: &mut Vec<Vec<u64>>) {
+    if pages.is_empty() {
+        if lists.len() < PAGE_LISTS {
+            lists.push(pages);
+        }
+        return;
+    }
+    match map.entry(txid) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(pages);
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => {
+            e.get_mut().extend_from_slice(&pages);
+            pages.clear();
+            if lists.len() < PAGE_LISTS {
+                lists.push(pages);
+            }
+        }
     }
 }
 
@@ -329,6 +368,8 @@ impl Db {
             pending_fresh: BTreeMap::new(),
             fresh: PageBits::default(),
             spare: Spare::default(),
+            taken_buf: Vec::new(),
+            page_lists: Vec::new(),
             durable: meta,
             durable_slot: slot,
             freelist_pages: Vec::new(),
@@ -453,10 +494,12 @@ impl Db {
     fn write_pages(&self, g: &mut WriterState, out: &mut [(u64, Vec<u8>)]) -> StoreResult<()> {
         self.ensure_len(g, g.hwm * PS)?;
         out.sort_unstable_by_key(|(p, _)| *p);
-        for (p, data) in out.iter() {
-            self.io
-                .write_at(p * PS, data)
-                .map_err(io_err(|| format!("writing page {p} of {}", self.name)))?;
+        self.io
+            .write_all_at(&mut out.iter().map(|(p, data)| (p * PS, &data[..])))
+            .map_err(|(off, e)| io_err(|| format!("writing page {} of {}", off / PS, self.name))(e))?;
+        // Only once every page is written (after a failed write the store
+        // is poisoned; an unmarked page is merely verified on its next read).
+        for (p, _) in out.iter() {
             g.map.mark_verified(*p);
         }
         Ok(())
@@ -747,16 +790,20 @@ impl WriteView for WriteTxn<'_> {
         }
         let txid = base.txid + 1;
         let hwm0 = g.hwm;
-        let mut out = Vec::new();
-        let mut alloc = TxAlloc { g: &mut g, taken: Vec::new() };
+        let mut out = std::mem::take(&mut trees.scratch.out);
+        out.clear();
+        let taken = std::mem::take(&mut g.taken_buf);
+        let mut alloc = TxAlloc { g: &mut g, taken };
         let roots = match trees.finish(&mut alloc, txid, &mut out) {
             Ok(r) => {
-                let taken = std::mem::take(&mut alloc.taken);
-                for (p, n) in taken {
+                let mut taken = std::mem::take(&mut alloc.taken);
+                for &(p, n) in &taken {
                     for i in p..p + n {
                         g.fresh.insert(i);
                     }
                 }
+                taken.clear();
+                g.taken_buf = taken;
                 r
             }
             Err(e) => {
@@ -775,10 +822,19 @@ impl WriteView for WriteTxn<'_> {
         }
         let mut pool = std::mem::take(&mut trees.pool);
         let room = POOL_PAGES.saturating_sub(pool.len());
-        pool.extend(out.into_iter().map(|(_, b)| b).filter(|b| b.capacity() == PAGE_SIZE).take(room));
-        let (fresh, old): (Vec<u64>, Vec<u64>) = trees.freed.iter().partition(|&&p| g.fresh.remove(p));
-        g.pending.entry(txid).or_default().extend(old);
-        g.pending_fresh.entry(txid).or_default().extend(fresh);
+        pool.extend(out.drain(..).map(|(_, b)| b).filter(|b| b.capacity() == PAGE_SIZE).take(room));
+        trees.scratch.out = out;
+        let g = &mut *g;
+        let (mut fresh, mut old) = (g.pending_list(), g.pending_list());
+        for &p in &trees.freed {
+            if g.fresh.remove(p) {
+                fresh.push(p);
+            } else {
+                old.push(p);
+            }
+        }
+        add_pending(&mut g.pending, txid, old, &mut g.page_lists);
+        add_pending(&mut g.pending_fresh, txid, fresh, &mut g.page_lists);
         g.spare = trees.into_spare(pool);
         let v = Arc::new(Version { txid, applied, roots, map: g.map.clone() });
         g.versions.push_back((txid, Arc::downgrade(&v)));

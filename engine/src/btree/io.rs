@@ -43,6 +43,16 @@ pub trait PageIo: Send + Sync + 'static {
     fn grow(&self, len: u64) -> io::Result<()>;
     /// Writes `data` at `offset`; `offset + data.len()` never exceeds `file_len()`.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Writes each `(offset, data)` in turn, exactly as that many
+    /// [`Self::write_at`] calls would; stops at the first error and returns
+    /// it with the offset of the write that failed. A backend may override
+    /// it to pay its per-call cost once (`FileIo` takes its lock once).
+    fn write_all_at(&self, writes: &mut dyn Iterator<Item = (u64, &[u8])>) -> Result<(), (u64, io::Error)> {
+        for (offset, data) in writes {
+            self.write_at(offset, data).map_err(|e| (offset, e))?;
+        }
+        Ok(())
+    }
     /// `fdatasync`: every earlier write and growth becomes durable.
     fn sync_data(&self) -> io::Result<()>;
     /// Maps at least the whole current file. Earlier maps stay valid.
@@ -117,6 +127,25 @@ unsafe impl PageMap for MmapRw {
     }
 }
 
+impl FileIo {
+    /// [`PageIo::write_at`] with the map lock held (`map` is what it guards).
+    fn write_locked(&self, map: Option<&MmapRw>, offset: u64, data: &[u8]) -> io::Result<()> {
+        if let Some(map) = map {
+            let off = offset as usize;
+            let end = (map.len as u64).min(self.len.load(Ordering::Acquire));
+            if off.checked_add(data.len()).is_some_and(|e| e as u64 <= end) {
+                // SAFETY: in bounds of a live writable mapping (the caller
+                // holds the lock on `self.map`, so it is the newest one and
+                // stays alive); the range is free (no reader holds a slice
+                // into it) per the PageMap contract.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.ptr.add(off), data.len()) };
+                return Ok(());
+            }
+        }
+        self.file.write_all_at(data, offset)
+    }
+}
+
 impl PageIo for FileIo {
     fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
@@ -143,18 +172,17 @@ impl PageIo for FileIo {
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = &*m {
-            let off = offset as usize;
-            let end = (map.len as u64).min(self.len.load(Ordering::Acquire));
-            if off.checked_add(data.len()).is_some_and(|e| e as u64 <= end) {
-                // SAFETY: in bounds of a live writable mapping; the range is
-                // free (no reader holds a slice into it) per the PageMap contract.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), map.ptr.add(off), data.len()) };
-                return Ok(());
-            }
+        self.write_locked(m.as_deref(), offset, data)
+    }
+    /// One lock for the whole batch: unlocking is a full barrier that waits
+    /// for the page's stores to drain, once per page when each write took
+    /// the lock (most of a single put's page-write time).
+    fn write_all_at(&self, writes: &mut dyn Iterator<Item = (u64, &[u8])>) -> Result<(), (u64, io::Error)> {
+        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (offset, data) in writes {
+            self.write_locked(m.as_deref(), offset, data).map_err(|e| (offset, e))?;
         }
-        drop(m);
-        self.file.write_all_at(data, offset)
+        Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()

@@ -319,12 +319,28 @@ impl<'a> NodePage<'a> {
         let Some(raw) = self.data.get(slots..slots + 2 * self.count) else {
             return Err(corrupt(self.id, "slot out of bounds"));
         };
-        let (mut lo, mut hi) = (u16::MAX, 0u16);
-        for s in raw.chunks_exact(2) {
-            let off = u16::from_le_bytes([s[0], s[1]]);
-            lo = lo.min(off);
-            hi = hi.max(off);
+        // Sixteen lanes of min and max over 32-byte blocks, then the tail:
+        // the fixed-width inner loop is what the compiler turns into SIMD
+        // (a single running min/max over `chunks_exact(2)` stayed scalar,
+        // and was 6 % of a single put's CPU).
+        let (mut lo, mut hi) = ([u16::MAX; 16], [0u16; 16]);
+        let blocks = raw.chunks_exact(32);
+        let tail = blocks.remainder();
+        for b in blocks {
+            for j in 0..16 {
+                let off = u16::from_le_bytes([b[2 * j], b[2 * j + 1]]);
+                lo[j] = lo[j].min(off);
+                hi[j] = hi[j].max(off);
+            }
         }
+        let (mut tlo, mut thi) = (u16::MAX, 0u16);
+        for s in tail.chunks_exact(2) {
+            let off = u16::from_le_bytes([s[0], s[1]]);
+            tlo = tlo.min(off);
+            thi = thi.max(off);
+        }
+        let lo = lo.into_iter().fold(tlo, u16::min);
+        let hi = hi.into_iter().fold(thi, u16::max);
         if self.count == 0 {
             return Ok(PAGE_SIZE);
         }
@@ -340,7 +356,7 @@ impl<'a> NodePage<'a> {
     /// Page bytes leaf entry `i` takes ([`leaf_entry_len`]). A cell with an
     /// inline key and value is sized from its two length fields; anything
     /// else goes through [`Self::leaf_entry`], which reports what is wrong.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn leaf_entry_size(&self, i: usize) -> StoreResult<usize> {
         let fast = || -> Option<usize> {
             let slots = self.slots_off();
@@ -594,6 +610,11 @@ impl LeafBuf {
         Ok(())
     }
 
+    /// The buffer, for reuse.
+    pub(crate) fn into_buf(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The finished page: compacted if cells were removed, header for page
     /// `id`, gap zeroed, sealed.
     pub(crate) fn into_page(mut self, id: u64, txid: u64) -> StoreResult<Vec<u8>> {
@@ -633,8 +654,9 @@ const BRANCH_SLOTS: usize = HEADER_LEN + 8;
 impl BranchBuf {
     /// Copies a verified branch page into `buf` (a recycled buffer or
     /// empty): header, child 0, slots and cell area. Reads only the slots:
-    /// cells are checked when they are read.
-    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>) -> StoreResult<BranchBuf> {
+    /// cells are checked when they are read. `dirty` is a recycled list
+    /// (emptied here) for the dirty children.
+    pub(crate) fn from_page(page: &NodePage<'_>, mut buf: Vec<u8>, mut dirty: Vec<u16>) -> StoreResult<BranchBuf> {
         if page.leaf {
             return Err(corrupt(page.id, "expected a branch page"));
         }
@@ -646,7 +668,8 @@ impl BranchBuf {
         }
         buf[..slots_end].copy_from_slice(&page.data[..slots_end]);
         buf[cell_lo..].copy_from_slice(&page.data[cell_lo..]);
-        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty: Vec::new() })
+        dirty.clear();
+        Ok(BranchBuf { buf, count: page.count, cell_lo, garbage: 0, dirty })
     }
 
     pub(crate) fn view(&self) -> NodePage<'_> {
@@ -787,6 +810,17 @@ impl BranchBuf {
         self.cell_lo = at;
         self.garbage = 0;
         Ok(())
+    }
+
+    /// The dirty-child list, for reuse (this copy keeps an empty one).
+    pub(crate) fn take_dirty_list(&mut self) -> Vec<u16> {
+        let mut d = std::mem::take(&mut self.dirty);
+        if !d.is_empty() {
+            // Still naming dirty children: keep it, so `into_page` refuses.
+            std::mem::swap(&mut d, &mut self.dirty);
+            return Vec::new();
+        }
+        d
     }
 
     /// The buffer, for reuse.
@@ -1094,7 +1128,7 @@ mod tests {
         let enc: Vec<_> = keys.iter().map(|k| EncRef::Inline(k)).collect();
         let kids: Vec<u64> = (100..151).collect();
         let page = encode_branch(9, 1, &enc, &kids);
-        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE]).unwrap();
+        let mut bb = BranchBuf::from_page(&NodePage::parse(9, &page).unwrap(), vec![0xAB; PAGE_SIZE], Vec::new()).unwrap();
         let full = 8 + keys.iter().map(|k| branch_entry_len(k.len())).sum::<usize>();
         assert_eq!(bb.size(), full);
         // Patch child pointers (dirty ones too), insert after key 3 and at
@@ -1141,7 +1175,7 @@ mod tests {
             assert!(key(i - 1) < key(i), "keys out of order at {i}");
         }
         // Packed: a copy of the written page is sized exactly.
-        let again = BranchBuf::from_page(&p, Vec::new()).unwrap();
+        let again = BranchBuf::from_page(&p, Vec::new(), Vec::new()).unwrap();
         assert_eq!(again.size(), 8 + (0..p.count).map(|i| branch_entry_len(p.key(i).unwrap().len())).sum::<usize>());
     }
 
@@ -1158,17 +1192,45 @@ mod tests {
         branch[HEADER_LEN + 8..HEADER_LEN + 10].copy_from_slice(&4096u16.to_le_bytes());
         seal(&mut branch);
         let p = NodePage::parse(5, &branch).unwrap();
-        assert!(matches!(BranchBuf::from_page(&p, Vec::new()), Err(StoreError::Corrupt(_))));
+        assert!(matches!(BranchBuf::from_page(&p, Vec::new(), Vec::new()), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
     fn branch_buf_refuses_a_leaf_and_an_unpatched_child() {
         let leaf = encode_leaf(6, 1, &[]);
-        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new()).is_err());
+        assert!(BranchBuf::from_page(&NodePage::parse(6, &leaf).unwrap(), Vec::new(), Vec::new()).is_err());
         let page = encode_branch(5, 1, &[EncRef::Inline(b"m")], &[10, 11]);
-        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new()).unwrap();
+        let mut bb = BranchBuf::from_page(&NodePage::parse(5, &page).unwrap(), Vec::new(), Vec::new()).unwrap();
         bb.set_child(1, 3, true).unwrap();
         assert!(matches!(bb.into_page(5, 2), Err(StoreError::Corrupt(_))));
+    }
+
+    /// The blocked min/max of `cells_start` agrees with a plain minimum
+    /// for every slot count (whole 16-slot blocks and every tail length).
+    #[test]
+    fn cells_start_is_the_lowest_slot() {
+        for n in 0..=120usize {
+            let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("k{i:04}").into_bytes()).collect();
+            // Values of varying length so cells are not in slot order by size.
+            let vals: Vec<Vec<u8>> = (0..n).map(|i| vec![7; (i * 37) % 23]).collect();
+            let enc: Vec<_> = keys.iter().zip(&vals).map(|(k, v)| (EncRef::Inline(k), EncRef::Inline(v))).collect();
+            let mut page = encode_leaf(9, 1, &enc);
+            // Rotate the slots: the lowest cell moves away from the end.
+            let mut slots: Vec<u16> = (0..n).map(|i| rd_u16(&page, HEADER_LEN + 2 * i).unwrap()).collect();
+            slots.rotate_left(n / 3);
+            for (i, s) in slots.iter().enumerate() {
+                page[HEADER_LEN + 2 * i..HEADER_LEN + 2 * i + 2].copy_from_slice(&s.to_le_bytes());
+            }
+            let p = NodePage::parse(9, &page).unwrap();
+            let naive = slots.iter().copied().min().map_or(PAGE_SIZE, usize::from);
+            assert_eq!(p.cells_start().unwrap(), naive, "{n} slots");
+            // A slot past the page end is caught whatever its position.
+            if n > 0 {
+                let at = HEADER_LEN + 2 * (n - 1);
+                page[at..at + 2].copy_from_slice(&(PAGE_SIZE as u16).to_le_bytes());
+                assert!(NodePage::parse(9, &page).unwrap().cells_start().is_err(), "{n} slots");
+            }
+        }
     }
 
     #[test]

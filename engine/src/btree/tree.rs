@@ -427,7 +427,39 @@ pub(crate) struct TxnTrees {
     path_buf: PathStack,
     /// The value [`TxnTrees::update`] builds, kept likewise.
     val_buf: Vec<u8>,
+    /// Work vectors of commit, kept between transactions.
+    pub scratch: Scratch,
 }
+
+/// Vectors a commit fills and empties again; kept from transaction to
+/// transaction (in [`Spare`]) so that a small commit allocates nothing
+/// for them.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// The encoded pages of a commit (`WriteTxn::commit` takes it, hands it
+    /// to [`TxnTrees::finish`], writes the pages and puts it back empty).
+    pub out: Vec<(u64, Vec<u8>)>,
+    /// [`TxnTrees::freed`], emptied.
+    freed: Vec<u64>,
+    /// [`TxnTrees::finish`]'s pages and separators of one root.
+    pages: Vec<u64>,
+    seps: Vec<Val>,
+    /// One set per level of [`TxnTrees::spill_branch_page`] in progress.
+    spill: Vec<SpillBufs>,
+    /// Dirty-child lists for [`BranchBuf`] copies.
+    dirty: Vec<Vec<u16>>,
+}
+
+/// [`TxnTrees::spill_branch_page`]'s work vectors.
+#[derive(Default)]
+struct SpillBufs {
+    split: Vec<(usize, usize, usize)>,
+    more: Vec<u64>,
+    more_seps: Vec<Val>,
+}
+
+/// Most dirty-child lists kept between transactions.
+const SPARE_DIRTY_LISTS: usize = 64;
 
 /// Buffers one write transaction hands to the next (see
 /// [`TxnTrees::into_spare`]), so a commit of a few hundred puts does not
@@ -439,6 +471,8 @@ pub(crate) struct Spare {
     arena: Vec<u8>,
     nodes: Vec<Node>,
     path: PathStack,
+    val: Vec<u8>,
+    pub scratch: Scratch,
 }
 
 /// Largest arena (bytes) and node list (entries) kept between transactions.
@@ -453,19 +487,22 @@ fn take_buf(pool: &mut Vec<Vec<u8>>) -> Vec<u8> {
 impl TxnTrees {
     pub(crate) fn new(map: Arc<Mapped>, roots: &[u64; Tree::COUNT], spare: Spare) -> TxnTrees {
         let roots = roots.map(|r| (r != 0).then_some(Child::Page(r)));
-        let Spare { pool, mut arena, mut nodes, path } = spare;
+        let Spare { pool, mut arena, mut nodes, path, val, mut scratch } = spare;
         arena.clear();
         nodes.clear();
+        let mut freed = std::mem::take(&mut scratch.freed);
+        freed.clear();
         TxnTrees {
             map,
             roots,
             nodes,
             arena,
-            freed: Vec::new(),
+            freed,
             changed: false,
             pool,
             path_buf: path,
-            val_buf: Vec::new(),
+            val_buf: val,
+            scratch,
         }
     }
 
@@ -474,11 +511,23 @@ impl TxnTrees {
     /// large (a big transaction does not pin its memory for good).
     pub(crate) fn into_spare(mut self, pool: Vec<Vec<u8>>) -> Spare {
         let keep = |cap: usize, limit: usize| cap <= limit;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        if keep(self.freed.capacity(), SPARE_NODES) {
+            self.freed.clear();
+            scratch.freed = std::mem::take(&mut self.freed);
+        }
+        if !keep(scratch.out.capacity(), SPARE_NODES) {
+            scratch.out = Vec::new();
+        }
+        scratch.out.clear();
+        scratch.dirty.truncate(SPARE_DIRTY_LISTS);
         Spare {
             pool,
             arena: if keep(self.arena.capacity(), SPARE_ARENA) { std::mem::take(&mut self.arena) } else { Vec::new() },
             nodes: if keep(self.nodes.capacity(), SPARE_NODES) { std::mem::take(&mut self.nodes) } else { Vec::new() },
             path: std::mem::take(&mut self.path_buf),
+            val: if keep(self.val_buf.capacity(), SPARE_ARENA) { std::mem::take(&mut self.val_buf) } else { Vec::new() },
+            scratch,
         }
     }
 
@@ -497,7 +546,8 @@ impl TxnTrees {
         let node = if page.leaf {
             Node::Page(LeafBuf::from_page(&page, take_buf(&mut self.pool))?)
         } else {
-            Node::BPage(BranchBuf::from_page(&page, take_buf(&mut self.pool))?)
+            let dirty = self.scratch.dirty.pop().unwrap_or_default();
+            Node::BPage(BranchBuf::from_page(&page, take_buf(&mut self.pool), dirty)?)
         };
         self.freed.push(pid);
         Ok(self.push_node(node))
@@ -611,7 +661,9 @@ impl TxnTrees {
                 children.push(buf_child(bb, i + 1)?);
             }
             let size = bb.size();
-            self.nodes[n] = Node::Branch(Branch { keys, children, size });
+            if let Node::BPage(bb) = std::mem::replace(&mut self.nodes[n], Node::Branch(Branch { keys, children, size })) {
+                self.pool.push(bb.into_buf());
+            }
             return Ok(());
         }
         let Node::Page(lb) = &self.nodes[n] else { return Ok(()) };
@@ -629,7 +681,10 @@ impl TxnTrees {
             };
             entries.push((own(k)?, own(v)?));
         }
-        self.nodes[n] = Node::Leaf(Leaf { entries, size });
+        if let Node::Page(lb) = std::mem::replace(&mut self.nodes[n], Node::Leaf(Leaf { entries, size })) {
+            // The entries own copies of their bytes: the page buffer is free.
+            self.pool.push(lb.into_buf());
+        }
         Ok(())
     }
 
@@ -913,15 +968,21 @@ impl TxnTrees {
                         break;
                     }
                     Some(node) => {
-                        let (mut pages, mut seps) = (Vec::new(), Vec::new());
+                        let (mut pages, mut seps) =
+                            (std::mem::take(&mut self.scratch.pages), std::mem::take(&mut self.scratch.seps));
+                        pages.clear();
+                        seps.clear();
                         self.spill(node, a, txid, out, &mut pages, &mut seps)?;
                         if let [only] = pages[..] {
                             *root_out = only;
+                            self.scratch.pages = pages;
+                            self.scratch.seps = seps;
                             break;
                         }
                         // The root split: a new root above the parts.
                         let size = 8 + seps.iter().map(|s| branch_entry_len(s.len())).sum::<usize>();
-                        let children = pages.into_iter().map(Child::Page).collect();
+                        let children = pages.iter().copied().map(Child::Page).collect();
+                        self.scratch.pages = pages;
                         c = Some(Child::Node(self.push_node(Node::Branch(Branch { keys: seps, children, size }))));
                     }
                 }
@@ -931,23 +992,30 @@ impl TxnTrees {
     }
 
     fn rebalance(&mut self, n: usize) -> StoreResult<()> {
-        let mut kids = Vec::new();
-        match &self.nodes[n] {
-            Node::BPage(b) => {
-                for &i in b.dirty() {
-                    kids.push(b.child(usize::from(i))? as usize);
-                }
-            }
-            _ => {
-                for i in 0..self.kid_count(n) {
-                    if let Child::Node(k) = self.kid(n, i)? {
-                        kids.push(k);
+        // Rebalancing a child changes only that child's subtree, never the
+        // children of `n`, so they are walked by index (no list of them).
+        let mut j = 0;
+        loop {
+            let k = match &self.nodes[n] {
+                Node::BPage(b) => match b.dirty().get(j) {
+                    Some(&i) => b.child(usize::from(i))? as usize,
+                    None => break,
+                },
+                _ => {
+                    if j >= self.kid_count(n) {
+                        break;
+                    }
+                    match self.kid(n, j)? {
+                        Child::Node(k) => k,
+                        Child::Page(_) => {
+                            j += 1;
+                            continue;
+                        }
                     }
                 }
-            }
-        }
-        for k in kids {
+            };
             self.rebalance(k)?;
+            j += 1;
         }
         self.merge_children(n)
     }
@@ -1081,16 +1149,14 @@ impl TxnTrees {
         match self.kid(n, i)? {
             Child::Node(c) => Ok(self.nodes[c].size()),
             Child::Page(p) => {
+                // From the slot array and the lowest cell, as a page copy
+                // is sized ([`LeafBuf::size`], [`BranchBuf::size`]), not by
+                // decoding every cell: exact for the packed pages this
+                // build writes, an upper bound (merging less eagerly) for
+                // a page an older build left holes in.
                 let page = self.map.node(p)?;
-                let mut size = if page.leaf { 0 } else { 8 };
-                for j in 0..page.count {
-                    size += if page.leaf {
-                        page.leaf_entry_size(j)?
-                    } else {
-                        branch_entry_len(page.key(j)?.len())
-                    };
-                }
-                Ok(size)
+                let first = if page.leaf { 0 } else { 8 };
+                Ok(first + (PAGE_SIZE - page.cells_start()?) + 2 * page.count)
             }
         }
     }
@@ -1167,7 +1233,7 @@ impl TxnTrees {
     /// split through the entry-list encoder.
     fn spill_branch_page(
         &mut self,
-        mut bb: BranchBuf,
+        bb: BranchBuf,
         a: &mut dyn Alloc,
         txid: u64,
         out: &mut Vec<(u64, Vec<u8>)>,
@@ -1176,15 +1242,37 @@ impl TxnTrees {
     ) -> StoreResult<()> {
         // Children that spilled into more than one page: (child index, index
         // of its second page in `more`, of its first separator in `more_seps`).
-        let mut split: Vec<(usize, usize, usize)> = Vec::new();
-        let (mut more, mut more_seps) = (Vec::new(), Vec::new());
+        // The vectors are reused (one set per level of spill in progress).
+        let mut bufs = self.scratch.spill.pop().unwrap_or_default();
+        let res = self.spill_branch_page_with(bb, a, txid, out, pages, seps, &mut bufs);
+        bufs.split.clear();
+        bufs.more.clear();
+        bufs.more_seps.clear();
+        self.scratch.spill.push(bufs);
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spill_branch_page_with(
+        &mut self,
+        mut bb: BranchBuf,
+        a: &mut dyn Alloc,
+        txid: u64,
+        out: &mut Vec<(u64, Vec<u8>)>,
+        pages: &mut Vec<u64>,
+        seps: &mut Vec<Val>,
+        bufs: &mut SpillBufs,
+    ) -> StoreResult<()> {
+        let SpillBufs { split, more, more_seps } = bufs;
         let mut need = 0;
         let mut inline = true;
-        let dirty: Vec<usize> = bb.dirty().iter().map(|&d| usize::from(d)).collect();
-        for i in dirty {
+        // Patching a child to its page id takes it off the dirty list, so
+        // the first dirty child is always the next one to spill.
+        while let Some(&d) = bb.dirty().first() {
+            let i = usize::from(d);
             let node = bb.child(i)? as usize;
             let (p0, s0) = (more.len(), more_seps.len());
-            self.spill(Child::Node(node), a, txid, out, &mut more, &mut more_seps)?;
+            self.spill(Child::Node(node), a, txid, out, more, more_seps)?;
             if more.len() <= p0 {
                 return Err(internal("a child spilled into no page"));
             }
@@ -1210,6 +1298,10 @@ impl TxnTrees {
                 }
             }
             let id = a.alloc(1);
+            let dirty = bb.take_dirty_list();
+            if self.scratch.dirty.len() < SPARE_DIRTY_LISTS {
+                self.scratch.dirty.push(dirty);
+            }
             out.push((id, bb.into_page(id, txid)?));
             pages.push(id);
             return Ok(());
