@@ -1461,7 +1461,7 @@ impl LocalExecutor {
 
             let spin_before_park = self.spin_before_park().unwrap_or_default();
             let mut spin_budget = spin_before_park;
-            let mut spin_paused_until: Option<Instant> = None;
+            let mut spin_paused_until = Instant::now();
 
             let future = this
                 .spawn_into(future, TaskQueueHandle::default())
@@ -1522,7 +1522,7 @@ impl LocalExecutor {
                                 // for a runnable (not sleeping) thread does
                                 // not preempt anything: park instead, and
                                 // for a while after.
-                                spin_paused_until = Some(Instant::now() + SPIN_PAUSE);
+                                spin_paused_until = Instant::now() + SPIN_PAUSE;
                                 spin_budget = Duration::ZERO;
                             }
                         };
@@ -1537,8 +1537,7 @@ impl LocalExecutor {
                             // server's timers) don't: spinning would only
                             // burn CPU.
                             let now = Instant::now();
-                            let paused = spin_paused_until.is_some_and(|t| now < t);
-                            spin_budget = if !paused && now - parked < spin_before_park {
+                            spin_budget = if now >= spin_paused_until && now - parked < spin_before_park {
                                 spin_before_park
                             } else {
                                 Duration::ZERO
