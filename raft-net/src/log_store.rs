@@ -40,11 +40,17 @@ use crate::types::{Entry, LogId, TypeConfig, Vote};
 /// gives another handle to the same log (openraft's log readers are clones).
 pub struct LogStore<I: WalIo = DmaIo> {
     wal: Wal<I>,
+    on_append: Option<AppendHook>,
 }
+
+/// Called by [`RaftLogStorage::append`] with the entries right after they
+/// were queued for the WAL (readable, not yet durable); see
+/// [`LogStore::with_append_hook`].
+pub type AppendHook = std::rc::Rc<dyn Fn(&[Entry])>;
 
 impl<I: WalIo> Clone for LogStore<I> {
     fn clone(&self) -> Self {
-        LogStore { wal: self.wal.clone() }
+        LogStore { wal: self.wal.clone(), on_append: self.on_append.clone() }
     }
 }
 
@@ -82,7 +88,17 @@ impl<I: WalIo> LogStore<I> {
 
     /// Wraps an open WAL.
     pub fn new(wal: Wal<I>) -> LogStore<I> {
-        LogStore { wal }
+        LogStore { wal, on_append: None }
+    }
+
+    /// Shows every appended batch to `hook` once it is queued for the WAL
+    /// (the server applies a lone member's entries ahead while their write
+    /// is in flight). The hook must not block; it sees entries that may
+    /// still be truncated, so it may only prepare work whose result is
+    /// checked against the committed entries later.
+    pub fn with_append_hook(mut self, hook: AppendHook) -> LogStore<I> {
+        self.on_append = Some(hook);
+        self
     }
 
     /// The WAL underneath.
@@ -221,8 +237,15 @@ impl<I: WalIo> RaftLogStorage<TypeConfig> for LogStore<I> {
         It: IntoIterator<Item = Entry> + OptionalSend,
         It::IntoIter: OptionalSend,
     {
-        let recs = entries.into_iter().map(|e| (e.log_id.index, codec::encode_entry(&e)));
-        self.wal.append_with(recs, move |r| callback.io_completed(r.map_err(wal_err))).map_err(wal_err)
+        let Some(hook) = &self.on_append else {
+            let recs = entries.into_iter().map(|e| (e.log_id.index, codec::encode_entry(&e)));
+            return self.wal.append_with(recs, move |r| callback.io_completed(r.map_err(wal_err))).map_err(wal_err);
+        };
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let recs = entries.iter().map(|e| (e.log_id.index, codec::encode_entry(e)));
+        self.wal.append_with(recs, move |r| callback.io_completed(r.map_err(wal_err))).map_err(wal_err)?;
+        hook(&entries);
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

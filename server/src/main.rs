@@ -469,6 +469,10 @@ async fn serve_member(
         }
         restore_hub.on_restore(prev_revision);
     }));
+    // Applying ahead (state_machine.rs): the log store shows each appended
+    // batch to the state machine's hook.
+    let (ahead, ahead_kv, ahead_counts) = (sm.ahead(), kv.clone(), sm.ahead());
+    let log_store = log_store.with_append_hook(Rc::new(move |entries| ahead.hook(&ahead_kv, entries)));
     let peers = Peers::new(peer_cfg.clone());
     let transfer: Rc<raft_snapshot::Transfer> = Rc::new(raft_snapshot::Transfer { member_dir: member_dir.clone() });
     let raft: MemberRaft = MemberRaft::new(
@@ -625,7 +629,8 @@ async fn serve_member(
         .close()
         .await
         .map_err(|e| format!("closing the WAL: {e}"))?;
-    tracing::info!("stopped");
+    let (applied_ahead, dropped_ahead) = ahead_counts.counts();
+    tracing::info!(applied_ahead, dropped_ahead, "stopped");
     if removed {
         return Err("the member has been permanently removed from the cluster".into());
     }

@@ -11,6 +11,20 @@
 //! - The raft bookkeeping (last applied log id, membership) lives in the same
 //!   transaction as the data it describes, under `raft/applied_state` in the
 //!   store's meta tree.
+//! - **Applying ahead.** A member that is the only voter commits an entry
+//!   the moment its WAL write is durable, and nothing else runs on the raft
+//!   core meanwhile. So when a batch of requests is appended and the state
+//!   machine has applied everything before it, [`Ahead::hook`] applies the
+//!   batch while its write is in flight, in a write transaction that it
+//!   parks unpublished ([`ironcd_engine::btree::ParkedTxn`]). When openraft
+//!   then hands over the committed entries, `apply` checks that they begin
+//!   with exactly the log ids applied ahead and that no other transaction
+//!   was committed since; it then resumes the parked transaction, applies
+//!   whatever else came with the batch, and commits. Otherwise the parked
+//!   work is dropped and the entries are applied as usual. Responses, watch
+//!   events and lease changes still go out only after the commit, so what
+//!   clients see is unchanged; the work just moved off the critical path
+//!   (docs/server.md, "Applying ahead").
 
 use std::io;
 use std::rc::Rc;
@@ -18,11 +32,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use ironcd_engine::btree::Db;
+use ironcd_engine::btree::{Db, ParkedTxn, WriteTxn};
 use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
 use ironcd_engine::mvcc::{self, KvStore, KvWriter, MvccError, MvccResult};
 use ironcd_raft_net::types::{CommittedLeaderId, LogId};
-use ironcd_raft_net::{codec, EntryPayload, Member, Response, TypeConfig};
+use ironcd_raft_net::{codec, Entry, EntryPayload, Member, Response, TypeConfig};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{RaftSnapshotBuilder, StoredMembership};
 use prost::Message;
@@ -107,6 +121,7 @@ pub struct StateMachine {
     on_lease: Option<LeaseHook>,
     waiters: Waiters,
     on_restore: Option<OnRestore>,
+    ahead: Rc<Ahead>,
 }
 
 /// See [`StateMachine::with_lease_hook`].
@@ -146,7 +161,21 @@ impl StateMachine {
             on_lease: None,
             waiters,
             on_restore: None,
-        })
+            ahead: Rc::new(Ahead::default()),
+        }
+        .with_ahead_state())
+    }
+
+    /// The state shared with the log store's append hook ([`Ahead::hook`]).
+    pub fn ahead(&self) -> Rc<Ahead> {
+        self.ahead.clone()
+    }
+
+    /// Tells [`Ahead`] what the next entry to apply is and whether this
+    /// member is the only voter.
+    fn with_ahead_state(self) -> Self {
+        self.ahead.note_applied(self.applied.as_ref(), &self.membership);
+        self
     }
 
     /// Reports installed snapshots to `hook` (watch hub, lessor).
@@ -190,50 +219,195 @@ impl StateMachine {
         .detach();
     }
 
-    fn apply_batch(&mut self, batch: Vec<(u64, Req)>) -> MvccResult<Vec<Applied>> {
-        let mut w = self.kv.write()?;
-        let mut leases = Vec::new();
-        let out = batch
-            .into_iter()
-            .map(|(index, req)| {
-                let (revoke_id, checkpoints) = match &req {
-                    Req::LeaseRevoke(r) => (Some(r.id), None),
-                    Req::LeaseCheckpoint(c) => (None, Some(c.checkpoints.clone())),
-                    _ => (None, None),
-                };
-                let a = apply_one(&mut w, index, req);
-                leases.extend(lease_change(revoke_id, &a));
-                if let (Some(cps), Applied::LeaseCheckpoint(Ok(_))) = (checkpoints, &a) {
-                    leases.extend(cps.into_iter().map(|c| {
-                        crate::lessor::LeaseChange::Checkpointed {
-                            id: c.id,
-                            remaining_ttl: c.remaining_ttl,
-                        }
-                    }));
-                }
-                a
-            })
-            .collect();
-        let mut events = w.take_events();
-        let revision = w.revision();
-        let mut view = w.into_view()?;
-        let state = codec::encode_applied_state(
-            self.applied.as_ref(),
-            self.membership.log_id().as_ref(),
-            self.membership.membership(),
-        );
-        view.put(Tree::Meta, APPLIED_STATE_KEY, &state)
-            .map_err(MvccError::Store)?;
-        if let Some(a) = &self.applied {
-            view.set_applied_index(a.index);
-        }
+    /// Applies `batch` in one write transaction on top of `done` (what a
+    /// parked transaction already applied, with the transaction itself), then
+    /// records the raft bookkeeping, commits and publishes: watch events and
+    /// lease changes go out after the commit.
+    fn apply_batch(&mut self, batch: Vec<(u64, Req)>, done: Option<(WriteTxn<'_>, Done)>) -> MvccResult<Vec<Applied>> {
+        let (view, done) = match done {
+            // The batch is what was applied ahead: the transaction already
+            // records it (same last log id, same membership).
+            Some((txn, done)) if batch.is_empty() && txn.applied_index() == self.applied.map_or(0, |a| a.index) => {
+                (txn, done)
+            }
+            Some((txn, mut done)) => {
+                let mut view = run_batch(KvWriter::new(txn, *self.kv.config())?, batch, &mut done)?;
+                record_applied(&mut view, self.applied.as_ref(), &self.membership)?;
+                (view, done)
+            }
+            None => {
+                let mut done = Done::default();
+                let mut view = run_batch(self.kv.write()?, batch, &mut done)?;
+                record_applied(&mut view, self.applied.as_ref(), &self.membership)?;
+                (view, done)
+            }
+        };
         view.commit().map_err(MvccError::Store)?;
+        let Done { results, mut events, leases, revision } = done;
         (self.on_apply)(&mut events, revision);
         if let (Some(hook), false) = (&self.on_lease, leases.is_empty()) {
             hook(&leases);
         }
-        Ok(out)
+        Ok(results)
     }
+}
+
+/// What applying requests produced, to hand out once they are published.
+#[derive(Default)]
+struct Done {
+    /// One per applied request, in order.
+    results: Vec<Applied>,
+    events: Vec<mvcc::Event>,
+    leases: Vec<crate::lessor::LeaseChange>,
+    /// The store's revision after the last request.
+    revision: i64,
+}
+
+/// Applies `batch` with `w`, adding what it produced to `done`; gives back
+/// the write view (revision key written) for the raft bookkeeping.
+fn run_batch<'a>(
+    mut w: KvWriter<WriteTxn<'a>>,
+    batch: Vec<(u64, Req)>,
+    done: &mut Done,
+) -> MvccResult<WriteTxn<'a>> {
+    for (index, req) in batch {
+        let (revoke_id, checkpoints) = match &req {
+            Req::LeaseRevoke(r) => (Some(r.id), None),
+            Req::LeaseCheckpoint(c) => (None, Some(c.checkpoints.clone())),
+            _ => (None, None),
+        };
+        let a = apply_one(&mut w, index, req);
+        done.leases.extend(lease_change(revoke_id, &a));
+        if let (Some(cps), Applied::LeaseCheckpoint(Ok(_))) = (checkpoints, &a) {
+            done.leases.extend(cps.into_iter().map(|c| crate::lessor::LeaseChange::Checkpointed {
+                id: c.id,
+                remaining_ttl: c.remaining_ttl,
+            }));
+        }
+        done.results.push(a);
+    }
+    done.events.append(&mut w.take_events());
+    done.revision = w.revision();
+    w.into_view()
+}
+
+/// Writes the raft bookkeeping into the transaction that applied up to it.
+fn record_applied(view: &mut WriteTxn<'_>, applied: Option<&LogId>, membership: &Membership) -> MvccResult<()> {
+    let state = codec::encode_applied_state(applied, membership.log_id().as_ref(), membership.membership());
+    view.put(Tree::Meta, APPLIED_STATE_KEY, &state).map_err(MvccError::Store)?;
+    if let Some(a) = applied {
+        view.set_applied_index(a.index);
+    }
+    Ok(())
+}
+
+/// Applying ahead (see the module docs): the state shared by the log
+/// store's append hook, which prepares, and the state machine, which
+/// publishes or drops.
+#[derive(Default)]
+pub struct Ahead {
+    /// The work applied ahead, waiting for its entries to be committed.
+    parked: std::cell::RefCell<Option<Parked>>,
+    /// A task applying ahead is spawned and has not finished.
+    running: std::cell::Cell<bool>,
+    /// The index of the next entry the state machine will apply.
+    next_index: std::cell::Cell<u64>,
+    /// The membership has one voter, so an appended entry is committed once
+    /// it is durable here (other members would make the parked work wait a
+    /// round trip, holding up nothing but likely to be dropped).
+    sole_voter: std::cell::Cell<bool>,
+    /// Batches applied ahead and then published / dropped (tests and logs).
+    used: std::cell::Cell<u64>,
+    dropped: std::cell::Cell<u64>,
+}
+
+struct Parked {
+    /// The log ids applied, in order; every one a normal entry.
+    ids: Vec<LogId>,
+    /// Their proposals' request ids (waiters of forwarded proposals).
+    req_ids: Vec<u64>,
+    txn: ParkedTxn,
+    done: Done,
+}
+
+impl Ahead {
+    fn note_applied(&self, applied: Option<&LogId>, membership: &Membership) {
+        self.next_index.set(applied.map_or(0, |a| a.index + 1));
+        self.sole_voter.set(membership.membership().voter_ids().count() == 1);
+    }
+
+    /// Batches whose parked work was published, and dropped.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.used.get(), self.dropped.get())
+    }
+
+    /// The log store's append hook: when the state machine will apply
+    /// these entries next and nothing else is applied ahead, spawns a task
+    /// that applies them in a parked transaction. The task first hands the
+    /// WAL's queued write to the kernel, so the work overlaps the write.
+    pub fn hook(self: &Rc<Self>, kv: &Arc<KvStore<Db>>, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        if !self.sole_voter.get()
+            || self.running.get()
+            || self.parked.borrow().is_some()
+            || first.log_id.index != self.next_index.get()
+            || !entries.iter().all(|e| matches!(e.payload, EntryPayload::Normal(_)))
+        {
+            return;
+        }
+        let batch: Vec<(LogId, bytes::Bytes)> = entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(r) => Some((e.log_id, r.0.clone())),
+                _ => None,
+            })
+            .collect();
+        self.running.set(true);
+        let (this, kv) = (self.clone(), kv.clone());
+        glommio::spawn_local(async move {
+            // Behind the WAL writer, which then queues the write; hand it
+            // to the kernel before working (glommio would submit it only
+            // at the end of this turn, after the work below).
+            glommio::executor().yield_now().await;
+            if let Err(e) = glommio::executor().submit_io_now() {
+                tracing::debug!(error = %e, "submitting queued I/O early");
+            }
+            let parked = prepare_ahead(&kv, batch);
+            this.running.set(false);
+            if let Some(p) = parked {
+                // The state machine may have applied these entries in the
+                // meantime (then the parked base is stale and is dropped).
+                *this.parked.borrow_mut() = Some(p);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Applies `batch` on top of the published state in a transaction that is
+/// parked, not committed; `None` when the state machine has not applied
+/// everything before the batch, a request does not decode, or the store
+/// fails (the entries are then applied as usual, and fail there visibly).
+fn prepare_ahead(kv: &KvStore<Db>, batch: Vec<(LogId, bytes::Bytes)>) -> Option<Parked> {
+    let w = kv.write().ok()?;
+    let (applied, membership) = load_applied_state(w.view()).ok()?;
+    let first = batch.first()?.0;
+    if first.index != applied.map_or(0, |a| a.index + 1) {
+        return None;
+    }
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut req_ids = Vec::with_capacity(batch.len());
+    let mut reqs = Vec::with_capacity(batch.len());
+    for (id, data) in batch {
+        let r = RaftRequest::decode(data).ok()?;
+        reqs.push((id.index, r.request?));
+        ids.push(id);
+        req_ids.push(r.id);
+    }
+    let mut done = Done::default();
+    let mut view = run_batch(w, reqs, &mut done).ok()?;
+    record_applied(&mut view, ids.last(), &membership).ok()?;
+    Some(Parked { ids, req_ids, txn: view.park(), done })
 }
 
 fn apply_one(w: &mut KvWriter<<Db as Store>::Write<'_>>, index: u64, req: Req) -> Applied {
@@ -322,10 +496,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Err(io::Error::other(format!("the store is poisoned by a failed sync: {e}")));
         }
         // Collect first: the write transaction is never held across an await.
+        let mut items = Vec::new();
+        while let Some(item) = entries.next().await {
+            items.push(item?);
+        }
+        // Work applied ahead counts if the batch begins with exactly its
+        // entries and nothing was committed since it began.
+        let parked = self.ahead.parked.borrow_mut().take();
+        let kv = self.kv.clone();
+        let mut resumed = None;
+        let mut skip = 0;
+        if let Some(p) = parked {
+            let matches = p.ids.len() <= items.len() && p.ids.iter().zip(&items).all(|(id, (e, _))| *id == e.log_id);
+            let txn = if matches { kv.store().resume(p.txn).map_err(io_err)? } else { None };
+            match txn {
+                Some(txn) => {
+                    skip = p.ids.len();
+                    self.applied = p.ids.last().copied();
+                    self.ahead.used.set(self.ahead.used.get() + 1);
+                    resumed = Some((txn, p.done, p.req_ids));
+                }
+                None => self.ahead.dropped.set(self.ahead.dropped.get() + 1),
+            }
+        }
         let mut batch = Vec::new();
         let mut responders = Vec::new();
-        while let Some(item) = entries.next().await {
-            let (entry, responder) = item?;
+        let mut items = items.into_iter();
+        if let Some((_, _, req_ids)) = &resumed {
+            for ((_, responder), id) in items.by_ref().take(skip).zip(req_ids) {
+                responders.push((responder, *id));
+            }
+        }
+        for (entry, responder) in items {
             self.applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {
@@ -361,13 +563,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        let n = batch.len() as u64;
+        let n = (batch.len() + skip) as u64;
         let started = Instant::now();
-        let results = self.apply_batch(batch).map_err(io_err)?;
+        let results = self
+            .apply_batch(batch, resumed.map(|(txn, done, _)| (txn, done)))
+            .map_err(io_err)?;
         let took = started.elapsed();
         if took > SLOW_APPLY {
             tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, entries = n, "apply request took too long");
         }
+        self.ahead.note_applied(self.applied.as_ref(), &self.membership);
         let mut waiters = self.waiters.borrow_mut();
         for ((responder, id), result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
@@ -403,6 +608,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (applied, membership) = load_applied_state(&self.kv.store().snapshot())?;
         self.applied = applied;
         self.membership = membership;
+        self.ahead.note_applied(self.applied.as_ref(), &self.membership);
         self.unsynced = 0;
         tracing::info!(
             last_log_id = ?meta.last_log_id,

@@ -702,6 +702,59 @@ impl Store for Db {
     }
 }
 
+/// A write transaction set aside without holding the writer lock
+/// ([`WriteTxn::park`]): its changes, made on top of one published state,
+/// kept in memory. [`Db::resume`] takes it up again if nothing was
+/// committed since; dropping it discards it.
+///
+/// The state machine uses it to apply a log entry while the entry's WAL
+/// write is in flight and to publish it once the entry is committed
+/// (docs/server.md, "Applying ahead"). Nothing is allocated in the file and
+/// no lock is held while parked, so any other writer (a compaction step, a
+/// snapshot install) goes ahead and only makes the parked changes stale.
+pub struct ParkedTxn {
+    base: Arc<Version>,
+    trees: TxnTrees,
+    applied: u64,
+}
+
+impl ParkedTxn {
+    /// The applied index the transaction will record.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+}
+
+impl Db {
+    /// Takes a parked transaction up again, holding the writer lock as
+    /// [`Store::begin_write`] does. `Ok(None)` when another transaction
+    /// was committed since it began: its changes rest on a state that is no
+    /// longer the newest, so they are dropped (its buffers are kept for the
+    /// next writer) and the caller starts over.
+    pub fn resume(&self, p: ParkedTxn) -> StoreResult<Option<WriteTxn<'_>>> {
+        let mut g = self.lock_writer()?;
+        let ParkedTxn { base, mut trees, applied } = p;
+        if !Arc::ptr_eq(&base, &self.current()) {
+            let pool = std::mem::take(&mut trees.pool);
+            g.spare = trees.into_spare(pool);
+            return Ok(None);
+        }
+        self.load_freelist(&mut g)?;
+        g.promote();
+        Ok(Some(WriteTxn { db: self, applied, g, base, trees }))
+    }
+}
+
+impl<'a> WriteTxn<'a> {
+    /// Sets the transaction aside and releases the writer lock; see
+    /// [`ParkedTxn`].
+    pub fn park(self) -> ParkedTxn {
+        let WriteTxn { db: _, g, base, trees, applied } = self;
+        drop(g);
+        ParkedTxn { base, trees, applied }
+    }
+}
+
 /// The one write transaction. Dropping it without `commit` discards it.
 pub struct WriteTxn<'a> {
     db: &'a Db,

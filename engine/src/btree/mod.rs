@@ -24,7 +24,7 @@ mod pager;
 mod tree;
 
 pub use check::CheckReport;
-pub use db::{Db, DbOptions, DbStats, Snapshot, WriteTxn};
+pub use db::{Db, DbOptions, DbStats, ParkedTxn, Snapshot, WriteTxn};
 pub use io::{CrashMode, FaultIo, FileIo, PageIo, PageMap};
 pub use page::{MAX_KEY_LEN, MAX_VALUE_LEN, PAGE_SIZE};
 

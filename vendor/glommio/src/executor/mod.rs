@@ -2121,6 +2121,26 @@ pub unsafe fn spawn_scoped_local_into<'a, T>(
 pub struct ExecutorProxy {}
 
 impl ExecutorProxy {
+    /// ironcd (IRONCD-PATCH.md, item 5): submits the I/O requests this
+    /// executor has queued so far (e.g. a `DmaFile::write_at` that was
+    /// polled once) to the kernel now, instead of when the current turn
+    /// of the executor ends, so that CPU work done next by this task
+    /// overlaps the I/O. Completions found on the way wake their tasks as
+    /// usual. Errors of the rings are returned, never panicked on.
+    pub fn submit_io_now(&self) -> std::io::Result<()> {
+        #[cfg(not(feature = "native-tls"))]
+        return LOCAL_EX.with(|local_ex| local_ex.get_reactor().submit_now());
+
+        #[cfg(feature = "native-tls")]
+        return unsafe {
+            LOCAL_EX
+                .as_ref()
+                .expect("this thread doesn't have a LocalExecutor running")
+                .get_reactor()
+                .submit_now()
+        };
+    }
+
     /// Checks if this task has run for too long and need to be preempted. This
     /// is useful for situations where we can't call .await, for instance,
     /// if a [`RefMut`] is held. If this tests true, then the user is
