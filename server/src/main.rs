@@ -48,6 +48,13 @@ use crate::etcd_server::{EtcdServer, MemberRaft};
 use crate::membership::InitialMember;
 use crate::state_machine::StateMachine;
 
+/// glommio's registered I/O buffer pool on the raft core: a lone put's WAL
+/// batch is 4 KiB, a batch under 1,000 clients a few hundred KiB, the
+/// spare-segment zero fill 1 MiB at a time (docs/server.md, "Memory allocator").
+const RAFT_CORE_IO_MEMORY: usize = 2 << 20;
+/// Client executors do no file I/O: glommio's minimum.
+const CLIENT_IO_MEMORY: usize = 64 << 10;
+
 fn main() -> ExitCode {
     let cfg = Config::parse();
     if cfg.version {
@@ -327,7 +334,12 @@ fn run(cfg: Config) -> Result<(), String> {
     };
     let executor = |i: usize, name: &str| {
         let placement = if cfg.pin_cores { Placement::Fixed(i) } else { Placement::Unbound };
-        let b = LocalExecutorBuilder::new(placement).name(name);
+        // glommio registers `io_memory` with io_uring for its DMA buffers,
+        // which pins it resident (10 MiB by default). Only the raft core
+        // writes files (the WAL); a buffer the pool cannot hold is allocated
+        // normally and written without a registered buffer.
+        let io_memory = if i == 0 { RAFT_CORE_IO_MEMORY } else { CLIENT_IO_MEMORY };
+        let b = LocalExecutorBuilder::new(placement).name(name).io_memory(io_memory);
         match cfg.spin_us {
             0 => b,
             us => b.spin_before_park(std::time::Duration::from_micros(us)),
