@@ -698,6 +698,10 @@ impl Store for Db {
         if g.poisoned.is_none() {
             self.debug_check(&mut g)?;
         }
+        drop(g);
+        // Outside the writer lock: unmapping takes time in proportion to
+        // the pages mapped since the last sync.
+        self.io.release_resident();
         Ok(())
     }
 }

@@ -57,6 +57,10 @@ pub trait PageIo: Send + Sync + 'static {
     fn sync_data(&self) -> io::Result<()>;
     /// Maps at least the whole current file. Earlier maps stay valid.
     fn map(&self) -> io::Result<Arc<dyn PageMap>>;
+    /// Called after a sync: the backend may drop its mapping's page-table
+    /// entries (never the data: the pages stay in the page cache and fault
+    /// back in when touched). Default: nothing.
+    fn release_resident(&self) {}
     /// Names the file in error messages.
     fn describe(&self) -> String;
 }
@@ -186,6 +190,29 @@ impl PageIo for FileIo {
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+    /// `MADV_DONTNEED` over the file's part of the newest map. On a shared
+    /// file mapping this only unmaps: the kernel keeps the pages (dirty ones
+    /// stay dirty) in the page cache, and a later access maps them again
+    /// with a minor fault, so readers holding slices into the map read the
+    /// same bytes. Without it every page a commit ever wrote stays in the
+    /// process's resident set (writes go through the map), where a store
+    /// written with `pwrite`, like bbolt, keeps such pages only in the page
+    /// cache. A failure only leaves the pages mapped.
+    fn release_resident(&self) {
+        // Not under the lock: writers go on meanwhile (a page they write
+        // is simply mapped again).
+        let Some(map) = self.map.lock().unwrap_or_else(|e| e.into_inner()).clone() else { return };
+        let len = (map.len as u64).min(self.len.load(Ordering::Acquire)) as usize;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the range lies inside a live MAP_SHARED file mapping
+        // (the Arc keeps it mapped); MADV_DONTNEED there discards no data.
+        let rc = unsafe { libc::madvise(map.ptr.cast(), len, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "madvise(MADV_DONTNEED) on the store map");
+        }
     }
     fn map(&self) -> io::Result<Arc<dyn PageMap>> {
         // Reserve address space for the file to grow into (twice its
