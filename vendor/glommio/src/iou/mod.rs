@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// ironcd (IRONCD-PATCH.md): completions that need the submitting
+        /// task's context do not interrupt it (no IPI while it runs); they
+        /// are posted at its next entry into the kernel (Linux 5.19).
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

@@ -903,8 +903,20 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // ironcd (IRONCD-PATCH.md, item 6): the main ring's completions do
+        // not interrupt the executor's thread with an IPI; they are posted
+        // at its next system call (it makes one per turn, and between polls
+        // while spinning). Kernels before 5.19 refuse the flag: plain ring.
+        // The latency ring keeps the default, so a preemption timer still
+        // shows in its completion queue while a task runs.
+        let ring = if name == "main" {
+            iou::IoUring::new_with_flags(size as _, iou::SetupFlags::COOP_TASKRUN, iou::SetupFeatures::empty())
+                .or_else(|_| iou::IoUring::new(size as _))?
+        } else {
+            iou::IoUring::new(size as _)?
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
