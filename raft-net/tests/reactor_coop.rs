@@ -20,6 +20,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
+mod cpus;
+
 const ROUND_TRIPS: u64 = 2000;
 
 /// Rescheduling interrupts so far, summed over CPUs; `None` where the
@@ -30,36 +32,15 @@ fn res_interrupts() -> Option<u64> {
     Some(line.split_whitespace().skip(1).map_while(|f| f.parse::<u64>().ok()).sum())
 }
 
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read
-    // or write the set passed by pointer.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        assert_eq!(rc, 0, "sched_getaffinity");
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
-    }
-}
-
-fn pin_this_thread(cpu: usize) {
-    // SAFETY: as above.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity({cpu})");
-    }
-}
-
 #[test]
 fn socket_completions_do_not_interrupt_a_spinning_executor() {
-    let cpus = allowed_cpus();
-    if cpus.len() < 2 || res_interrupts().is_none() {
-        eprintln!("needs two CPUs and RES counts in /proc/interrupts (have {} CPUs); nothing to count", cpus.len());
+    let allowed = cpus::allowed_cpus();
+    if allowed.len() < 2 || res_interrupts().is_none() {
+        eprintln!("needs two CPUs and RES counts in /proc/interrupts (have {} CPUs); nothing to count", allowed.len());
         return;
     }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = LocalExecutorBuilder::new(Placement::Fixed(cpus[0]))
+    let server = LocalExecutorBuilder::new(Placement::Fixed(allowed[0]))
         .spin_before_park(Duration::from_micros(300))
         .spawn(move || async move {
             let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -74,7 +55,7 @@ fn socket_completions_do_not_interrupt_a_spinning_executor() {
         .expect("spawn executor");
     let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("server address");
     let client = std::thread::spawn(move || {
-        pin_this_thread(cpus[1]);
+        cpus::pin_to(allowed[1]);
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_nodelay(true).expect("nodelay");
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");

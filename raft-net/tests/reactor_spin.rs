@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use glommio::{timer, LocalExecutorBuilder, Placement};
 
+mod cpus;
+use cpus::pin_to;
+
 fn voluntary_switches() -> u64 {
     let status = std::fs::read_to_string("/proc/thread-self/status").expect("reading /proc/thread-self/status");
     status
@@ -105,28 +108,6 @@ fn work_at_long_intervals_is_not_spun_for() {
     assert!(cpu < Duration::from_millis(100), "{cpu:?} of CPU over {n} sleeps of 30 ms with a 10 ms spin window");
 }
 
-/// The first CPU this process may run on (a container may not offer CPU 0).
-fn first_allowed_cpu() -> usize {
-    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-        assert_eq!(rc, 0, "sched_getaffinity");
-        (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).expect("no allowed CPU")
-    }
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        assert_eq!(rc, 0, "sched_setaffinity");
-    }
-}
-
 /// On a CPU another thread wants (here a busy loop pinned to the same
 /// CPU), the executor parks instead of spinning: a spinning thread spends
 /// its share of the CPU, and work that arrives for it while it is runnable
@@ -137,7 +118,7 @@ fn a_contended_executor_parks_instead_of_spinning() {
     let _serial = serial();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let cpu = first_allowed_cpu();
+    let cpu = cpus::allowed_cpus()[0];
     let stop = Arc::new(AtomicBool::new(false));
     let hog = {
         let stop = stop.clone();

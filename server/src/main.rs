@@ -483,8 +483,9 @@ async fn serve_member(
     }));
     // Applying ahead (state_machine.rs): the log store shows each appended
     // batch to the state machine's hook.
-    let (ahead, ahead_kv, ahead_counts) = (sm.ahead(), kv.clone(), sm.ahead());
-    let log_store = log_store.with_append_hook(Rc::new(move |entries| ahead.hook(&ahead_kv, entries)));
+    let ahead = sm.ahead();
+    let (hook_ahead, hook_kv) = (ahead.clone(), kv.clone());
+    let log_store = log_store.with_append_hook(Rc::new(move |entries| hook_ahead.hook(&hook_kv, entries)));
     let peers = Peers::new(peer_cfg.clone());
     let transfer: Rc<raft_snapshot::Transfer> = Rc::new(raft_snapshot::Transfer { member_dir: member_dir.clone() });
     let raft: MemberRaft = MemberRaft::new(
@@ -641,7 +642,7 @@ async fn serve_member(
         .close()
         .await
         .map_err(|e| format!("closing the WAL: {e}"))?;
-    let (applied_ahead, dropped_ahead) = ahead_counts.counts();
+    let (applied_ahead, dropped_ahead) = ahead.counts();
     tracing::info!(applied_ahead, dropped_ahead, "stopped");
     if removed {
         return Err("the member has been permanently removed from the cluster".into());

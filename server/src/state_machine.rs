@@ -230,14 +230,12 @@ impl StateMachine {
             Some((txn, done)) if batch.is_empty() && txn.applied_index() == self.applied.map_or(0, |a| a.index) => {
                 (txn, done)
             }
-            Some((txn, mut done)) => {
-                let mut view = run_batch(KvWriter::new(txn, *self.kv.config())?, batch, &mut done)?;
-                record_applied(&mut view, self.applied.as_ref(), &self.membership)?;
-                (view, done)
-            }
-            None => {
-                let mut done = Done::default();
-                let mut view = run_batch(self.kv.write()?, batch, &mut done)?;
+            done => {
+                let (w, mut done) = match done {
+                    Some((txn, done)) => (KvWriter::new(txn, *self.kv.config())?, done),
+                    None => (self.kv.write()?, Done::default()),
+                };
+                let mut view = run_batch(w, batch, &mut done)?;
                 record_applied(&mut view, self.applied.as_ref(), &self.membership)?;
                 (view, done)
             }
