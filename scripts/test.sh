@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of ironcd on a fresh machine: installs what the tests need
 # when it is missing (Debian's etcd-server and etcd-client for etcdctl and the
-# differential tests, protobuf-compiler, curl), then runs the whole suite.
+# differential tests, protobuf-compiler and libprotobuf-dev, curl), then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,9 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# etcd-client's build imports protobuf's well-known types, which Debian ships
+# apart from protoc (a Recommends that --no-install-recommends skips).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]}"
