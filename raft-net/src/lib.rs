@@ -20,7 +20,7 @@ pub mod peer;
 pub mod runtime;
 pub mod types;
 
-pub use log_store::{AppendHook, LogStore};
+pub use log_store::{AppendHook, LogStore, OnDurable};
 pub use network::NoPeers;
 pub use runtime::GlommioRuntime;
 pub use types::{Entry, EntryPayload, LogId, Member, Membership, Raft, Request, Response, TypeConfig, Vote};

@@ -45,8 +45,12 @@ pub struct LogStore<I: WalIo = DmaIo> {
 
 /// Called by [`RaftLogStorage::append`] with the entries right after they
 /// were queued for the WAL (readable, not yet durable); see
-/// [`LogStore::with_append_hook`].
-pub type AppendHook = std::rc::Rc<dyn Fn(&[Entry])>;
+/// [`LogStore::with_append_hook`]. What it returns, if anything, is called
+/// once those entries are durable, right before openraft is told so.
+pub type AppendHook = std::rc::Rc<dyn Fn(&[Entry]) -> Option<OnDurable>>;
+
+/// See [`AppendHook`].
+pub type OnDurable = Box<dyn FnOnce()>;
 
 impl<I: WalIo> Clone for LogStore<I> {
     fn clone(&self) -> Self {
@@ -95,7 +99,10 @@ impl<I: WalIo> LogStore<I> {
     /// (the server applies a lone member's entries ahead while their write
     /// is in flight). The hook must not block; it sees entries that may
     /// still be truncated, so it may only prepare work whose result is
-    /// checked against the committed entries later.
+    /// checked against the committed entries later. The closure it may
+    /// return runs when the batch is durable (not if the write fails),
+    /// before openraft's callback: a member that knows the entries are then
+    /// committed (the only voter) can publish them at once.
     pub fn with_append_hook(mut self, hook: AppendHook) -> LogStore<I> {
         self.on_append = Some(hook);
         self
@@ -243,8 +250,18 @@ impl<I: WalIo> RaftLogStorage<TypeConfig> for LogStore<I> {
         };
         let entries: Vec<Entry> = entries.into_iter().collect();
         let recs = entries.iter().map(|e| (e.log_id.index, codec::encode_entry(e)));
-        self.wal.append_with(recs, move |r| callback.io_completed(r.map_err(wal_err))).map_err(wal_err)?;
-        hook(&entries);
+        // Filled by the hook, which runs after the write is queued.
+        let on_durable: std::rc::Rc<std::cell::Cell<Option<OnDurable>>> = Default::default();
+        let slot = on_durable.clone();
+        self.wal
+            .append_with(recs, move |r| {
+                if let (Ok(()), Some(f)) = (&r, slot.take()) {
+                    f();
+                }
+                callback.io_completed(r.map_err(wal_err))
+            })
+            .map_err(wal_err)?;
+        on_durable.set(hook(&entries));
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use ironcd_raft_net::peer::{CallError, Peers};
 use ironcd_raft_net::{runtime, Raft, Request};
 use bytes::Bytes;
 use futures_channel::oneshot;
+use futures_util::future::Either;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ReadPolicy;
@@ -28,7 +29,7 @@ use crate::lessor::Lessor;
 use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::pb::ironcdpb::{raft_request, RaftRequest};
 use crate::peer_service::{self, PeerMsg};
-use crate::state_machine::{Applied, StateMachine, Waiters};
+use crate::state_machine::{Ahead, Applied, StateMachine, Waiters};
 
 /// Whether a call asks, with etcd's `hasleader` metadata (a header), to fail
 /// fast when the member has no leader.
@@ -59,8 +60,11 @@ pub struct EtcdServer {
     pub space_in_use: Cell<u64>,
     /// Connections to the other members.
     pub peers: Rc<Peers>,
-    /// Proposals forwarded to the leader, waiting for their local apply.
+    /// Proposals forwarded to the leader, waiting for their local apply,
+    /// and a lone voter's own proposals, waiting to be published when their
+    /// write is durable (`Ahead::publish_at_durability`).
     pub waiters: Waiters,
+    ahead: Rc<Ahead>,
     /// Linearizable reads waiting for the next read index (one leadership
     /// confirmation serves every read that arrived before it started).
     reads: RefCell<Vec<oneshot::Sender<Result<u64, Status>>>>,
@@ -100,6 +104,7 @@ impl EtcdServer {
         lessor: Rc<Lessor>,
         peers: Rc<Peers>,
         waiters: Waiters,
+        ahead: Rc<Ahead>,
     ) -> Self {
         // Proposal ids: member id in the high bits, like etcd's idutil.
         let first = (member_id << 48)
@@ -118,6 +123,7 @@ impl EtcdServer {
             space_in_use: Cell::new(0),
             peers,
             waiters,
+            ahead,
             reads: RefCell::default(),
             reading: Cell::new(false),
             me: RefCell::default(),
@@ -307,7 +313,22 @@ impl EtcdServer {
                     Ok(a) => return Ok(a),
                 }
             }
-            match self.raft.client_write(Request(bytes.clone())).await {
+            let written = if self.ahead.answers_at_durability() {
+                // The only voter: the result may come when the entry is
+                // durable, before openraft's core has seen it committed.
+                let (tx, rx) = oneshot::channel();
+                self.waiters.borrow_mut().insert(id, tx);
+                let _guard = WaiterGuard(&self.waiters, id);
+                let write = std::pin::pin!(self.raft.client_write(Request(bytes.clone())));
+                match futures_util::future::select(write, rx).await {
+                    Either::Right((Ok(applied), _)) => return Ok(applied),
+                    Either::Right((Err(_), write)) => write.await,
+                    Either::Left((r, _)) => r,
+                }
+            } else {
+                self.raft.client_write(Request(bytes.clone())).await
+            };
+            match written {
                 Ok(r) => {
                     return r.data.take::<Applied>().ok_or_else(|| Status::internal("apply returned no result"));
                 }

@@ -474,6 +474,7 @@ async fn serve_member(
         waiters.clone(),
     )
     .map_err(|e| format!("loading the state machine: {e}"))?
+    .with_member_id(id.member_id)
     .with_lease_hook(Rc::new(move |changes| lease_hook.applied(changes)))
     .with_restore_hook(Rc::new(move |prev_revision| {
         if let Err(e) = restore_lessor.reload(&restore_kv) {
@@ -559,6 +560,7 @@ async fn serve_member(
         lessor,
         peers,
         waiters,
+        ahead.clone(),
     ));
     srv.set_self();
     peer_service.set(&srv);
@@ -642,8 +644,8 @@ async fn serve_member(
         .close()
         .await
         .map_err(|e| format!("closing the WAL: {e}"))?;
-    let (applied_ahead, dropped_ahead) = ahead.counts();
-    tracing::info!(applied_ahead, dropped_ahead, "stopped");
+    let (applied_ahead, published_when_durable, dropped_ahead) = ahead.counts();
+    tracing::info!(applied_ahead, published_when_durable, dropped_ahead, "stopped");
     if removed {
         return Err("the member has been permanently removed from the cluster".into());
     }

@@ -25,6 +25,12 @@
 //!   events and lease changes still go out only after the commit, so what
 //!   clients see is unchanged; the work just moved off the critical path
 //!   (docs/server.md, "Applying ahead").
+//! - **Publishing when durable.** For the only voter a durable entry is a
+//!   committed one, so the hook also hands the log store a closure that runs
+//!   when the batch's write is durable: it commits and publishes the parked
+//!   work right there ([`Ahead::publish_at_durability`]) and answers the
+//!   proposers waiting on [`Waiters`]; `apply` later skips those entries and
+//!   gives their remaining results to openraft's responders.
 
 use std::io;
 use std::rc::Rc;
@@ -36,7 +42,7 @@ use ironcd_engine::btree::{Db, ParkedTxn, WriteTxn};
 use ironcd_engine::kv::{ReadView, Store, Tree, WriteView};
 use ironcd_engine::mvcc::{self, KvStore, KvWriter, MvccError, MvccResult};
 use ironcd_raft_net::types::{CommittedLeaderId, LogId};
-use ironcd_raft_net::{codec, Entry, EntryPayload, Member, Response, TypeConfig};
+use ironcd_raft_net::{codec, Entry, EntryPayload, Member, OnDurable, Response, TypeConfig};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{RaftSnapshotBuilder, StoredMembership};
 use prost::Message;
@@ -166,6 +172,13 @@ impl StateMachine {
         .with_ahead_state())
     }
 
+    /// This member's id ([`Ahead`] publishes at durability only on the
+    /// only voter).
+    pub fn with_member_id(self, member_id: u64) -> Self {
+        self.ahead.member_id.set(member_id);
+        self.with_ahead_state()
+    }
+
     /// The state shared with the log store's append hook ([`Ahead::hook`]).
     pub fn ahead(&self) -> Rc<Ahead> {
         self.ahead.clone()
@@ -175,6 +188,11 @@ impl StateMachine {
     /// member is the only voter.
     fn with_ahead_state(self) -> Self {
         self.ahead.note_applied(self.applied.as_ref(), &self.membership);
+        *self.ahead.publish.borrow_mut() = Some(Publish {
+            on_apply: self.on_apply.clone(),
+            on_lease: self.on_lease.clone(),
+            waiters: self.waiters.clone(),
+        });
         self
     }
 
@@ -187,7 +205,15 @@ impl StateMachine {
     /// Reports applied lease grants, revokes and checkpoints to `hook`.
     pub fn with_lease_hook(mut self, hook: LeaseHook) -> Self {
         self.on_lease = Some(hook);
-        self
+        self.with_ahead_state()
+    }
+
+    /// Counts `n` applied entries towards the next background sync.
+    fn count_unsynced(&mut self, n: u64) {
+        self.unsynced += n;
+        if self.unsynced >= self.sync_every {
+            self.sync_in_background();
+        }
     }
 
     /// Starts a sync on a blocking thread unless one is running, so the
@@ -317,6 +343,36 @@ pub struct Ahead {
     /// Batches applied ahead and then published / dropped (tests and logs).
     used: std::cell::Cell<u64>,
     dropped: std::cell::Cell<u64>,
+    /// Of `used`, the batches published when their write became durable.
+    early: std::cell::Cell<u64>,
+    /// This member's id: publishing at durability needs this member to be
+    /// the only voter (a learner's durable entries are not committed).
+    member_id: std::cell::Cell<u64>,
+    /// The last log index appended (the log store's hook sees every batch).
+    appended: std::cell::Cell<u64>,
+    /// A batch published when its write became durable, before openraft saw
+    /// it committed: `apply` skips its entries and hands their results to
+    /// openraft's responders.
+    published: std::cell::RefCell<Option<Published>>,
+    /// What publishing calls (the state machine's hooks).
+    publish: std::cell::RefCell<Option<Publish>>,
+    /// Committing at durability failed: the store is unusable, and the next
+    /// `apply` reports it to openraft.
+    failed: std::cell::RefCell<Option<String>>,
+}
+
+/// See [`Ahead::published`].
+struct Published {
+    ids: Vec<LogId>,
+    /// `None` where the result went to the proposer's waiter.
+    results: Vec<Option<Applied>>,
+}
+
+/// The state machine's hooks, shared with [`Ahead`] to publish at durability.
+struct Publish {
+    on_apply: OnApply,
+    on_lease: Option<LeaseHook>,
+    waiters: Waiters,
 }
 
 struct Parked {
@@ -331,27 +387,38 @@ struct Parked {
 impl Ahead {
     fn note_applied(&self, applied: Option<&LogId>, membership: &Membership) {
         self.next_index.set(applied.map_or(0, |a| a.index + 1));
-        self.sole_voter.set(membership.membership().voter_ids().count() == 1);
+        let mut voters = membership.membership().voter_ids();
+        let me = self.member_id.get();
+        self.sole_voter.set(me != 0 && voters.next() == Some(me) && voters.next().is_none());
     }
 
-    /// Batches whose parked work was published, and dropped.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.used.get(), self.dropped.get())
+    /// Whether a proposal here can be answered when its write is durable
+    /// ([`Ahead::publish_at_durability`]): this member is the only voter.
+    /// The proposer then waits on [`Waiters`] as well as on openraft.
+    pub fn answers_at_durability(&self) -> bool {
+        self.sole_voter.get()
+    }
+
+    /// Batches whose parked work was published, of those the ones
+    /// published at durability, and batches whose parked work was dropped.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (self.used.get(), self.early.get(), self.dropped.get())
     }
 
     /// The log store's append hook: when the state machine will apply
     /// these entries next and nothing else is applied ahead, spawns a task
     /// that applies them in a parked transaction. The task first hands the
     /// WAL's queued write to the kernel, so the work overlaps the write.
-    pub fn hook(self: &Rc<Self>, kv: &Arc<KvStore<Db>>, entries: &[Entry]) {
-        let Some(first) = entries.first() else { return };
+    pub fn hook(self: &Rc<Self>, kv: &Arc<KvStore<Db>>, entries: &[Entry]) -> Option<OnDurable> {
+        let (first, last) = (entries.first()?.log_id, entries.last()?.log_id);
+        self.appended.set(last.index);
         if !self.sole_voter.get()
             || self.running.get()
             || self.parked.borrow().is_some()
-            || first.log_id.index != self.next_index.get()
+            || first.index != self.next_index.get()
             || !entries.iter().all(|e| matches!(e.payload, EntryPayload::Normal(_)))
         {
-            return;
+            return None;
         }
         let batch: Vec<(LogId, bytes::Bytes)> = entries
             .iter()
@@ -361,6 +428,7 @@ impl Ahead {
             })
             .collect();
         self.running.set(true);
+        let kv_durable = kv.clone();
         let (this, kv) = (self.clone(), kv.clone());
         glommio::spawn_local(async move {
             // Behind the WAL writer, which then queues the write; hand it
@@ -379,6 +447,62 @@ impl Ahead {
             }
         })
         .detach();
+        let (this, kv) = (self.clone(), kv_durable);
+        Some(Box::new(move || this.publish_at_durability(&kv, last)))
+    }
+
+    /// Called when the batch ending at `last` is durable: if this member is
+    /// still the only voter, nothing was appended after the batch, and its
+    /// parked work is ready and still current, the batch is committed by
+    /// that durability alone (a quorum of one), so it is committed and
+    /// published now, without waiting for openraft's core to see the write
+    /// durable and hand the entries to `apply`. Proposers waiting on
+    /// [`Waiters`] get their results at once; the others' results wait for
+    /// `apply` and openraft's responders.
+    fn publish_at_durability(&self, kv: &KvStore<Db>, last: LogId) {
+        if !self.sole_voter.get() || self.appended.get() != last.index || self.published.borrow().is_some() {
+            return;
+        }
+        let Some(p) = self.parked.borrow_mut().take_if(|p| p.ids.last() == Some(&last)) else { return };
+        let Parked { ids, req_ids, txn, done } = p;
+        let txn = match kv.store().resume(txn) {
+            Ok(Some(txn)) => txn,
+            // Something else was committed meanwhile: `apply` applies anew.
+            Ok(None) | Err(_) => {
+                self.dropped.set(self.dropped.get() + 1);
+                return;
+            }
+        };
+        if let Err(e) = txn.commit() {
+            tracing::error!(error = %e, "committing entries at durability failed");
+            *self.failed.borrow_mut() = Some(e.to_string());
+            return;
+        }
+        let Done { results, mut events, leases, revision } = done;
+        let publish = self.publish.borrow();
+        let mut out = Vec::with_capacity(results.len());
+        if let Some(p) = publish.as_ref() {
+            (p.on_apply)(&mut events, revision);
+            if let (Some(hook), false) = (&p.on_lease, leases.is_empty()) {
+                hook(&leases);
+            }
+            let mut waiters = p.waiters.borrow_mut();
+            for (id, r) in req_ids.iter().zip(results) {
+                match waiters.remove(id) {
+                    Some(w) => {
+                        let _ = w.send(r);
+                        out.push(None);
+                    }
+                    None => out.push(Some(r)),
+                }
+            }
+        } else {
+            out.extend(results.into_iter().map(Some));
+        }
+        self.next_index.set(last.index + 1);
+        self.used.set(self.used.get() + 1);
+        self.early.set(self.early.get() + 1);
+        *self.published.borrow_mut() = Some(Published { ids, results: out });
     }
 }
 
@@ -493,10 +617,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(e) = self.sync_failed.borrow().as_ref() {
             return Err(io::Error::other(format!("the store is poisoned by a failed sync: {e}")));
         }
+        if let Some(e) = self.ahead.failed.borrow().as_ref() {
+            return Err(io::Error::other(format!("committing entries at durability failed: {e}")));
+        }
         // Collect first: the write transaction is never held across an await.
         let mut items = Vec::new();
         while let Some(item) = entries.next().await {
             items.push(item?);
+        }
+        // Entries published at durability: already in the store; their
+        // results go to openraft's responders.
+        let mut n = 0;
+        let published = self.ahead.published.borrow_mut().take();
+        if let Some(mut p) = published {
+            // openraft may hand them over in more than one batch.
+            let k = p.ids.len().min(items.len());
+            if p.ids[..k].iter().zip(&items).any(|(id, (e, _))| *id != e.log_id) {
+                return Err(io::Error::other(format!(
+                    "entries published when durable ({:?}..={:?}) are not the committed entries",
+                    p.ids.first(),
+                    p.ids.last()
+                )));
+            }
+            let rest = items.split_off(k);
+            for ((_, responder), result) in items.into_iter().zip(p.results.drain(..k)) {
+                if let Some(r) = responder {
+                    r.send(Response::new(result.unwrap_or_else(|| Applied::Unsupported("answered when durable".into()))));
+                }
+            }
+            self.applied = p.ids.drain(..k).last().or(self.applied);
+            if !p.ids.is_empty() {
+                *self.ahead.published.borrow_mut() = Some(p);
+            }
+            items = rest;
+            n += k as u64;
+            if items.is_empty() {
+                self.ahead.note_applied(self.applied.as_ref(), &self.membership);
+                self.count_unsynced(n);
+                return Ok(());
+            }
         }
         // Work applied ahead counts if the batch begins with exactly its
         // entries and nothing was committed since it began.
@@ -561,7 +720,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        let n = (batch.len() + skip) as u64;
+        let n = n + (batch.len() + skip) as u64;
         let started = Instant::now();
         let results = self
             .apply_batch(batch, resumed.map(|(txn, done, _)| (txn, done)))
@@ -580,10 +739,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         drop(waiters);
-        self.unsynced += n.max(1);
-        if self.unsynced >= self.sync_every {
-            self.sync_in_background();
-        }
+        self.count_unsynced(n.max(1));
         Ok(())
     }
 
