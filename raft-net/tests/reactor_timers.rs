@@ -1,9 +1,10 @@
-//! The vendored glommio's reactor patch (vendor/glommio/IRONCD-PATCH.md)
-//! keeps an armed preemption timer from one executor turn to the next
-//! instead of cancelling and re-arming it every turn. These tests hold it
-//! to what the unpatched reactor guaranteed: a timer the executor sleeps on
-//! is never delayed to a later preemption deadline, and preemption still
-//! happens.
+//! The vendored glommio's reactor patch (vendor/glommio/IRONCD-PATCH.md,
+//! item 1) re-arms the throughput timer only once it has fired; a first
+//! version also kept an armed preemption timer from one turn to the next,
+//! and lost wakeups (tests/reactor_wakeups.rs). These tests hold the
+//! reactor to what the unpatched one guaranteed: a timer the executor
+//! sleeps on is never delayed to a later preemption deadline, and
+//! preemption still happens.
 
 use std::cell::Cell;
 use std::rc::Rc;
