@@ -27,14 +27,7 @@ const WATCHDOG: Duration = Duration::from_secs(20);
 const BUDGET: Duration = Duration::from_secs(150);
 
 fn config() -> Arc<Config> {
-    let c = Config {
-        cluster_name: "ironcd-wakeups-test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    };
-    Arc::new(c.validate().unwrap())
+    common::single_member_config("ironcd-wakeups-test")
 }
 
 async fn life(dir: std::path::PathBuf) {

@@ -22,14 +22,7 @@ use openraft::{Config, RaftLogReader, ServerState};
 type NoNetwork = ironcd_raft_net::NoPeers<SnapData>;
 
 fn config() -> Arc<Config> {
-    let c = Config {
-        cluster_name: "ironcd-single-node-test".into(),
-        heartbeat_interval: 50,
-        election_timeout_min: 150,
-        election_timeout_max: 300,
-        ..Default::default()
-    };
-    Arc::new(c.validate().unwrap())
+    common::single_member_config("ironcd-single-node-test")
 }
 
 fn member() -> Member {

@@ -114,3 +114,16 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
         Ok(st.snapshot.as_ref().map(|(m, d)| Snapshot { meta: m.clone(), snapshot: d.clone() }))
     }
 }
+
+/// openraft's config for the single-member groups of these tests: short
+/// heartbeats and elections, so a member leads within ~300 ms.
+pub fn single_member_config(cluster_name: &str) -> std::sync::Arc<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: cluster_name.into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        ..Default::default()
+    };
+    std::sync::Arc::new(c.validate().unwrap())
+}
