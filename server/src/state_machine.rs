@@ -120,12 +120,8 @@ pub struct StateMachine {
     sync_running: Rc<std::cell::Cell<bool>>,
     /// A background sync failed: the store is poisoned, applying must stop.
     sync_failed: Rc<std::cell::RefCell<Option<String>>>,
-    /// Called after each published batch with its events (revision order)
-    /// and the store's revision after the batch (watch hub).
-    on_apply: OnApply,
-    /// Called after each published batch with its lease changes (lessor).
-    on_lease: Option<LeaseHook>,
-    waiters: Waiters,
+    /// Commits and publishes batches; shared with [`Ahead`].
+    publish: Rc<Publish>,
     on_restore: Option<OnRestore>,
     ahead: Rc<Ahead>,
 }
@@ -155,6 +151,7 @@ impl StateMachine {
     ) -> io::Result<Self> {
         let snap = kv.store().snapshot();
         let (applied, membership) = load_applied_state(&snap)?;
+        let publish = Rc::new(Publish { on_apply, on_lease: Default::default(), waiters });
         Ok(StateMachine {
             kv,
             applied,
@@ -163,11 +160,9 @@ impl StateMachine {
             sync_every: sync_every.max(1),
             sync_running: Rc::default(),
             sync_failed: Rc::default(),
-            on_apply,
-            on_lease: None,
-            waiters,
             on_restore: None,
-            ahead: Rc::new(Ahead::default()),
+            ahead: Rc::new(Ahead::new(publish.clone())),
+            publish,
         }
         .with_ahead_state())
     }
@@ -188,11 +183,6 @@ impl StateMachine {
     /// member is the only voter.
     fn with_ahead_state(self) -> Self {
         self.ahead.note_applied(self.applied.as_ref(), &self.membership);
-        *self.ahead.publish.borrow_mut() = Some(Publish {
-            on_apply: self.on_apply.clone(),
-            on_lease: self.on_lease.clone(),
-            waiters: self.waiters.clone(),
-        });
         self
     }
 
@@ -203,9 +193,9 @@ impl StateMachine {
     }
 
     /// Reports applied lease grants, revokes and checkpoints to `hook`.
-    pub fn with_lease_hook(mut self, hook: LeaseHook) -> Self {
-        self.on_lease = Some(hook);
-        self.with_ahead_state()
+    pub fn with_lease_hook(self, hook: LeaseHook) -> Self {
+        *self.publish.on_lease.borrow_mut() = Some(hook);
+        self
     }
 
     /// Counts `n` applied entries towards the next background sync.
@@ -266,10 +256,31 @@ impl StateMachine {
                 (view, done)
             }
         };
+        self.publish.commit(view, done)
+    }
+}
+
+/// Where applied batches are committed and published; the state machine
+/// and [`Ahead`] (publishing when durable) share it.
+struct Publish {
+    /// Called after each published batch with its events (revision order)
+    /// and the store's revision after the batch (watch hub).
+    on_apply: OnApply,
+    /// Called after each published batch with its lease changes (lessor).
+    on_lease: std::cell::RefCell<Option<LeaseHook>>,
+    /// Proposers waiting for their request's result by id (forwarded
+    /// proposals; a lone voter's own proposals when published at durability).
+    waiters: Waiters,
+}
+
+impl Publish {
+    /// Commits `view` and publishes what `done` holds: watch events and
+    /// lease changes go out after the commit. Gives back the results.
+    fn commit(&self, view: WriteTxn<'_>, done: Done) -> MvccResult<Vec<Applied>> {
         view.commit().map_err(MvccError::Store)?;
         let Done { results, mut events, leases, revision } = done;
         (self.on_apply)(&mut events, revision);
-        if let (Some(hook), false) = (&self.on_lease, leases.is_empty()) {
+        if let (Some(hook), false) = (&*self.on_lease.borrow(), leases.is_empty()) {
             hook(&leases);
         }
         Ok(results)
@@ -328,7 +339,6 @@ fn record_applied(view: &mut WriteTxn<'_>, applied: Option<&LogId>, membership: 
 /// Applying ahead (see the module docs): the state shared by the log
 /// store's append hook, which prepares, and the state machine, which
 /// publishes or drops.
-#[derive(Default)]
 pub struct Ahead {
     /// The work applied ahead, waiting for its entries to be committed.
     parked: std::cell::RefCell<Option<Parked>>,
@@ -354,8 +364,8 @@ pub struct Ahead {
     /// it committed: `apply` skips its entries and hands their results to
     /// openraft's responders.
     published: std::cell::RefCell<Option<Published>>,
-    /// What publishing calls (the state machine's hooks).
-    publish: std::cell::RefCell<Option<Publish>>,
+    /// Commits and publishes (shared with the state machine).
+    publish: Rc<Publish>,
     /// Committing at durability failed: the store is unusable, and the next
     /// `apply` reports it to openraft.
     failed: std::cell::RefCell<Option<String>>,
@@ -368,13 +378,6 @@ struct Published {
     results: Vec<Option<Applied>>,
 }
 
-/// The state machine's hooks, shared with [`Ahead`] to publish at durability.
-struct Publish {
-    on_apply: OnApply,
-    on_lease: Option<LeaseHook>,
-    waiters: Waiters,
-}
-
 struct Parked {
     /// The log ids applied, in order; every one a normal entry.
     ids: Vec<LogId>,
@@ -385,6 +388,23 @@ struct Parked {
 }
 
 impl Ahead {
+    fn new(publish: Rc<Publish>) -> Ahead {
+        Ahead {
+            parked: Default::default(),
+            running: Default::default(),
+            next_index: Default::default(),
+            sole_voter: Default::default(),
+            used: Default::default(),
+            dropped: Default::default(),
+            early: Default::default(),
+            member_id: Default::default(),
+            appended: Default::default(),
+            published: Default::default(),
+            publish,
+            failed: Default::default(),
+        }
+    }
+
     fn note_applied(&self, applied: Option<&LogId>, membership: &Membership) {
         self.next_index.set(applied.map_or(0, |a| a.index + 1));
         let mut voters = membership.membership().voter_ids();
@@ -473,32 +493,27 @@ impl Ahead {
                 return;
             }
         };
-        if let Err(e) = txn.commit() {
-            tracing::error!(error = %e, "committing entries at durability failed");
-            *self.failed.borrow_mut() = Some(e.to_string());
-            return;
-        }
-        let Done { results, mut events, leases, revision } = done;
-        let publish = self.publish.borrow();
-        let mut out = Vec::with_capacity(results.len());
-        if let Some(p) = publish.as_ref() {
-            (p.on_apply)(&mut events, revision);
-            if let (Some(hook), false) = (&p.on_lease, leases.is_empty()) {
-                hook(&leases);
+        let results = match self.publish.commit(txn, done) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!(error = %e, "committing entries at durability failed");
+                *self.failed.borrow_mut() = Some(e.to_string());
+                return;
             }
-            let mut waiters = p.waiters.borrow_mut();
-            for (id, r) in req_ids.iter().zip(results) {
-                match waiters.remove(id) {
-                    Some(w) => {
-                        let _ = w.send(r);
-                        out.push(None);
-                    }
-                    None => out.push(Some(r)),
+        };
+        let mut waiters = self.publish.waiters.borrow_mut();
+        let out = req_ids
+            .iter()
+            .zip(results)
+            .map(|(id, r)| match waiters.remove(id) {
+                Some(w) => {
+                    let _ = w.send(r);
+                    None
                 }
-            }
-        } else {
-            out.extend(results.into_iter().map(Some));
-        }
+                None => Some(r),
+            })
+            .collect();
+        drop(waiters);
         self.next_index.set(last.index + 1);
         self.used.set(self.used.get() + 1);
         self.early.set(self.early.get() + 1);
@@ -641,8 +656,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             let rest = items.split_off(k);
             for ((_, responder), result) in items.into_iter().zip(p.results.drain(..k)) {
+                // No result: its proposer was answered when it was durable
+                // (and no longer listens here).
                 if let Some(r) = responder {
-                    r.send(Response::new(result.unwrap_or_else(|| Applied::Unsupported("answered when durable".into()))));
+                    r.send(result.map_or_else(Response::default, Response::new));
                 }
             }
             self.applied = p.ids.drain(..k).last().or(self.applied);
@@ -730,7 +747,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!(took = ?took, expected_duration = ?SLOW_APPLY, entries = n, "apply request took too long");
         }
         self.ahead.note_applied(self.applied.as_ref(), &self.membership);
-        let mut waiters = self.waiters.borrow_mut();
+        let mut waiters = self.publish.waiters.borrow_mut();
         for ((responder, id), result) in responders.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(Response::new(result));
