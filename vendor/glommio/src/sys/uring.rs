@@ -1235,6 +1235,9 @@ pub(crate) struct Reactor {
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // ironcd (IRONCD-PATCH.md item 7): when a running task queue must yield.
+    // The release armed a timer on the latency ring for this every turn.
+    preempt_deadline: Cell<Option<std::time::Instant>>,
 
     link_fd: RawFd,
 
@@ -1366,6 +1369,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            preempt_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1902,11 +1906,17 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        // ironcd (IRONCD-PATCH.md item 7): the release armed the preempt
+        // timer on the latency ring here, and cancelled it at the top of
+        // the next turn: two `io_uring_enter` calls every turn. Its only
+        // effect was to make `need_preempt` true once it fired, and
+        // `need_preempt` is only ever polled, so a deadline read against
+        // the clock does the same without a system call. The latency ring
+        // still carries a timer for a sleep that a user timer must end
+        // (above), and its completions still make `need_preempt` true.
+        self.preempt_deadline.set(
+            preempt_timer().and_then(|preempt| std::time::Instant::now().checked_add(preempt)),
+        );
 
         // A Note about `need_preempt`:
         //
@@ -1920,6 +1930,16 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// ironcd (IRONCD-PATCH.md item 7): whether the running task queue's
+    /// time is up.
+    #[inline(always)]
+    pub(crate) fn preempt_deadline_passed(&self) -> bool {
+        match self.preempt_deadline.get() {
+            Some(deadline) => std::time::Instant::now() >= deadline,
+            None => false,
+        }
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
