@@ -96,6 +96,10 @@ bitflags::bitflags! {
         /// task's context do not interrupt it (no IPI while it runs); they
         /// are posted at its next entry into the kernel (Linux 5.19).
         const COOP_TASKRUN = 1 << 8;
+        /// ironcd (IRONCD-PATCH.md item 7): with `COOP_TASKRUN`, the kernel
+        /// sets `IORING_SQ_TASKRUN` in the submission ring's flags while
+        /// completions wait for the task to enter the kernel (Linux 5.19).
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

@@ -693,7 +693,12 @@ pub(crate) trait UringCommon {
         self.consume_sqe_queue(&mut queue.submissions, true)
     }
 
+    /// ironcd (IRONCD-PATCH.md item 7): post completions that wait for this
+    /// thread to enter the kernel (`COOP_TASKRUN`), if any do.
+    fn flush_task_work(&mut self) {}
+
     fn consume_completion_queue(&mut self, woke: &mut usize) -> usize {
+        self.flush_task_work();
         let mut completed = 0;
         loop {
             match self.consume_one_event() {
@@ -893,6 +898,8 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    // ironcd (IRONCD-PATCH.md item 7): set up with `TASKRUN_FLAG`.
+    taskrun_flag: bool,
 }
 
 impl SleepableRing {
@@ -909,11 +916,22 @@ impl SleepableRing {
         // while spinning). Kernels before 5.19 refuse the flag: plain ring.
         // The latency ring keeps the default, so a preemption timer still
         // shows in its completion queue while a task runs.
-        let ring = if name == "main" {
-            iou::IoUring::new_with_flags(size as _, iou::SetupFlags::COOP_TASKRUN, iou::SetupFeatures::empty())
-                .or_else(|_| iou::IoUring::new(size as _))?
+        //
+        // Item 7: `TASKRUN_FLAG` makes the kernel say when such completions
+        // wait, so that a turn that makes no system call of its own (no
+        // submissions, no timers to arm) still collects them: see
+        // `flush_task_work`.
+        let (ring, taskrun_flag) = if name == "main" {
+            match iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+                iou::SetupFeatures::empty(),
+            ) {
+                Ok(ring) => (ring, true),
+                Err(_) => (iou::IoUring::new(size as _)?, false),
+            }
         } else {
-            iou::IoUring::new(size as _)?
+            (iou::IoUring::new(size as _)?, false)
         };
         Ok(SleepableRing {
             ring,
@@ -925,6 +943,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            taskrun_flag,
         })
     }
 
@@ -1122,6 +1141,31 @@ impl SleepableRing {
 impl UringCommon for SleepableRing {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn flush_task_work(&mut self) {
+        if !self.taskrun_flag {
+            return;
+        }
+        let raw = self.ring.raw();
+        // The kernel sets and clears the flag; read it as shared memory.
+        let flags = unsafe {
+            (*(raw.sq.kflags as *const std::sync::atomic::AtomicU32))
+                .load(std::sync::atomic::Ordering::Acquire)
+        };
+        if flags & uring_sys::IORING_SQ_TASKRUN != 0 {
+            // Entering the kernel runs the task work that posts them. An
+            // error (EINTR, EBUSY) leaves them for the next turn.
+            unsafe {
+                uring_sys::syscalls::io_uring_enter(
+                    raw.ring_fd,
+                    0,
+                    0,
+                    uring_sys::IORING_ENTER_GETEVENTS,
+                    std::ptr::null(),
+                );
+            }
+        }
     }
 
     fn io_stats_mut(&mut self) -> &mut RingIoStats {
