@@ -261,7 +261,16 @@ impl<I: WalIo> RaftLogStorage<TypeConfig> for LogStore<I> {
                 callback.io_completed(r.map_err(wal_err))
             })
             .map_err(wal_err)?;
-        on_durable.set(hook(&entries));
+        let ahead = hook(&entries);
+        let yield_to_writer = ahead.is_some();
+        on_durable.set(ahead);
+        if yield_to_writer {
+            // Applying ahead means a lone voter, whose write is the whole of
+            // a put's wait: let the WAL writer (woken above) queue and submit
+            // the write before the rest of openraft's turn runs. A leader
+            // with followers does not yield: its sends to them come first.
+            glommio::executor().yield_now().await;
+        }
         Ok(())
     }
 

@@ -427,8 +427,8 @@ impl Ahead {
 
     /// The log store's append hook: when the state machine will apply
     /// these entries next and nothing else is applied ahead, spawns a task
-    /// that applies them in a parked transaction. The task first hands the
-    /// WAL's queued write to the kernel, so the work overlaps the write.
+    /// that applies them in a parked transaction. The task runs after the
+    /// WAL's write has reached the kernel, so the work overlaps the write.
     pub fn hook(self: &Rc<Self>, kv: &Arc<KvStore<Db>>, entries: &[Entry]) -> Option<OnDurable> {
         let (first, last) = (entries.first()?.log_id, entries.last()?.log_id);
         self.appended.set(last.index);
@@ -451,13 +451,10 @@ impl Ahead {
         let kv_durable = kv.clone();
         let (this, kv) = (self.clone(), kv.clone());
         glommio::spawn_local(async move {
-            // Behind the WAL writer, which then queues the write; hand it
-            // to the kernel before working (glommio would submit it only
-            // at the end of this turn, after the work below).
+            // Behind the WAL writer (the log store yields to it, and it hands
+            // its write to the kernel as soon as it is queued) and the rest
+            // of openraft's turn: the work below overlaps the write.
             glommio::executor().yield_now().await;
-            if let Err(e) = glommio::executor().submit_io_now() {
-                tracing::debug!(error = %e, "submitting queued I/O early");
-            }
             let parked = prepare_ahead(&kv, batch);
             this.running.set(false);
             if let Some(p) = parked {

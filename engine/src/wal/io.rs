@@ -30,6 +30,9 @@ pub trait WalIo: Clone + 'static {
     async fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory's entries (creates, renames, removes) durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Hands I/O that futures polled so far have queued to the kernel now,
+    /// rather than when the executor's turn ends. Nothing by default.
+    fn submit_now(&self) {}
 }
 
 /// An open WAL file.
@@ -59,6 +62,12 @@ const ZERO_CHUNK: usize = 1 << 20;
 
 impl WalIo for DmaIo {
     type File = DmaIoFile;
+
+    fn submit_now(&self) {
+        if let Err(e) = glommio::executor().submit_io_now() {
+            tracing::debug!(error = %e, "submitting queued I/O early");
+        }
+    }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)

@@ -284,7 +284,9 @@ impl<I: WalIo> Writer<I> {
         if armed && !inner.opts.sync_delay.is_zero() {
             glommio::timer::sleep(inner.opts.sync_delay).await;
         }
-        let res = match self.file.write_at(buf, self.pos).await {
+        // The write reaches the kernel as soon as it is queued, not at the
+        // end of the executor's turn, after whatever else runs in it.
+        let res = match submit_early(&inner.io, self.file.write_at(buf, self.pos)).await {
             Ok(()) => self.file.fdatasync().await.map_err(|e| WalError::io(format!("syncing {}", path()), e)),
             Err(e) => Err(WalError::io(format!("writing {}", path()), e)),
         };
@@ -431,4 +433,20 @@ async fn install<I: WalIo>(
     inner.io.rename(&tmp, &path).await.map_err(|e| WalError::io(ctx("renaming"), e))?;
     inner.io.sync_dir(&inner.dir).await.map_err(|e| WalError::io(format!("syncing {}", inner.dir.display()), e))?;
     Ok((SegmentInfo { seq, first_index, size, path }, salt))
+}
+
+/// Polls `fut` once, which queues its I/O; then has `io` hand that to the
+/// kernel at once; then waits for `fut` as usual.
+async fn submit_early<I: WalIo, F: std::future::Future>(io: &I, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        let r = fut.as_mut().poll(cx);
+        if first && r.is_pending() {
+            first = false;
+            io.submit_now();
+        }
+        r
+    })
+    .await
 }
