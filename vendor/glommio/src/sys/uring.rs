@@ -914,8 +914,9 @@ impl SleepableRing {
         // not interrupt the executor's thread with an IPI; they are posted
         // at its next system call (it makes one per turn, and between polls
         // while spinning). Kernels before 5.19 refuse the flag: plain ring.
-        // The latency ring keeps the default, so a preemption timer still
-        // shows in its completion queue while a task runs.
+        // The latency ring keeps the default, so its completions (the
+        // throughput timer's eventfd write, latency-sensitive I/O) show in
+        // its completion queue while a task runs.
         //
         // Item 7: `TASKRUN_FLAG` makes the kernel say when such completions
         // wait, so that a turn that makes no system call of its own (no
@@ -1281,7 +1282,7 @@ pub(crate) struct Reactor {
     throughput_preemption_timeout_src: Cell<Option<Source>>,
     // ironcd (IRONCD-PATCH.md item 7): when a running task queue must yield.
     // The release armed a timer on the latency ring for this every turn.
-    preempt_deadline: Cell<Option<std::time::Instant>>,
+    preempt_deadline: Cell<Option<Instant>>,
 
     link_fd: RawFd,
 
@@ -1874,17 +1875,13 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        //
-        // (ironcd, IRONCD-PATCH.md item 1: an earlier version of the patch
-        // kept an armed latency timer across turns instead; it lost a
+        // Cancel the timer a previous sleep armed for a user timer, if any:
+        // left armed, it would wake a later sleep for nothing. (ironcd,
+        // IRONCD-PATCH.md: running turns arm no latency timer since item 7,
+        // so this is only ever the sleep's timer. An earlier version of item
+        // 1 kept an armed latency timer across turns instead; it lost a
         // wakeup about once in 100 runs of raft-net/tests/single_node.rs,
-        // and is gone. What remains patched is the throughput timer below.)
+        // and is gone.)
         drop(self.latency_preemption_timeout_src.take());
 
         // Patched: the release re-armed the throughput timer on every turn
@@ -1959,16 +1956,16 @@ impl Reactor {
         // still carries a timer for a sleep that a user timer must end
         // (above), and its completions still make `need_preempt` true.
         self.preempt_deadline.set(
-            preempt_timer().and_then(|preempt| std::time::Instant::now().checked_add(preempt)),
+            preempt_timer().and_then(|preempt| Instant::now().checked_add(preempt)),
         );
 
         // A Note about `need_preempt`:
         //
         // If in the last call to consume_rings! some events completed, the tail and
-        // head would have moved to match. So it does not matter that events were
-        // generated after we registered the timer: since we consumed them here,
-        // need_preempt() should be false at this point. As soon as the next event
-        // in the preempt ring completes, though, then it will be true.
+        // head would have moved to match: since we consumed them here, the
+        // latency ring does not make need_preempt() true at this point. As soon
+        // as the next event in that ring completes, or the deadline above
+        // passes, it will be.
         Ok(should_sleep)
     }
 
@@ -1981,7 +1978,7 @@ impl Reactor {
     #[inline(always)]
     pub(crate) fn preempt_deadline_passed(&self) -> bool {
         match self.preempt_deadline.get() {
-            Some(deadline) => std::time::Instant::now() >= deadline,
+            Some(deadline) => Instant::now() >= deadline,
             None => false,
         }
     }
@@ -2118,7 +2115,7 @@ impl Drop for Reactor {
 #[cfg(test)]
 mod tests {
     use crate::PoolPlacement;
-    use std::time::Instant;
+    use Instant;
 
     use super::*;
 
